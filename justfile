@@ -1,0 +1,47 @@
+# bindery: batch ETL for binding frozen encoders' embedding spaces.
+# Every stage takes a manifest; the default is the embedded demo.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+venv := justfile_directory() / ".venv/bin"
+default_manifest := "manifests/demo.toml"
+
+# list recipes
+default:
+    @just --list
+
+# create .venv and install bindery, its encoders and dev tools
+setup:
+    bash scripts/setup.sh
+
+# encode every shard's modalities into Parquet embedding stores
+precompute manifest=default_manifest *overrides:
+    {{venv}}/bindery precompute {{manifest}} {{overrides}}
+
+# auto-pair items across modalities (kNN -> neighbors + quintuples)
+pair manifest=default_manifest *overrides:
+    {{venv}}/bindery pair {{manifest}} {{overrides}}
+
+# train projection heads on the cached vectors
+train manifest=default_manifest *overrides:
+    {{venv}}/bindery train {{manifest}} {{overrides}}
+
+# evaluate a run: Recall@K, zero-shot, EShot -> runs/<run>/metrics.json
+eval manifest=default_manifest *overrides:
+    {{venv}}/bindery eval {{manifest}} {{overrides}}
+
+# write a publishable dataset bundle
+publish manifest=default_manifest *overrides:
+    {{venv}}/bindery publish {{manifest}} {{overrides}}
+
+# the CPU test suite (what CI runs)
+test *args:
+    {{venv}}/python -m pytest -q -m "not gpu" {{args}}
+
+# the GPU tests (on a CUDA machine)
+test-gpu *args:
+    {{venv}}/python -m pytest -q -m gpu {{args}}
+
+# ruff lint
+lint:
+    {{venv}}/ruff check .

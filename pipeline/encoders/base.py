@@ -1,0 +1,70 @@
+"""The encoder interface.
+
+An encoder is split in two so DataLoader workers never hold the model:
+
+* :meth:`Encoder.preprocessor` returns a small picklable callable that turns a list of
+  decoded items into a batch (a dict of CPU tensors). It runs in the DataLoader workers.
+* :meth:`Encoder.encode` runs the frozen model on a batch already on the device and returns
+  unnormalised ``(B, dim)`` features. The runner L2-normalises and stores them.
+
+Decoded items, per modality (what :mod:`pipeline.decode` yields and preprocessors take):
+
+* image  -- ``PIL.Image.Image`` in RGB
+* text   -- ``str``
+* video  -- ``np.ndarray`` uint8 ``(T, H, W, 3)``, T frames sampled uniformly
+* audio  -- ``np.ndarray`` float32 ``(samples,)`` mono, at :attr:`Encoder.sample_rate`
+* points -- ``np.ndarray`` float32 ``(N, 3)`` or ``(N, 6)`` (xyz, rgb), centred, in the unit sphere
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+Batch = dict[str, torch.Tensor]
+
+
+class EncoderError(ValueError):
+    """A bad encoder spec or an encoder that cannot serve a modality (a configuration error)."""
+
+
+class Encoder(abc.ABC):
+    modality: str  # the modality it encodes
+    name: str  # the spec it was built from, as written in the manifest
+    dim: int  # output dimension
+    sample_rate: int | None = None  # audio encoders: the rate decoded audio is resampled to
+
+    @abc.abstractmethod
+    def preprocessor(self) -> Callable[[list[Any]], Batch]:
+        """A picklable callable: decoded items -> batch of CPU tensors."""
+
+    @abc.abstractmethod
+    def encode(self, batch: Batch) -> torch.Tensor:
+        """Frozen forward pass on a device batch -> unnormalised (B, dim) features."""
+
+    @abc.abstractmethod
+    def modules(self) -> list[torch.nn.Module]:
+        """The torch modules holding the weights (moved to the device, digested, compiled)."""
+
+    def provenance(self) -> dict[str, Any]:
+        """Preprocessing facts recorded in the store metadata (image size, pooling, ...)."""
+        return {}
+
+    def to(self, device: torch.device | str) -> Encoder:
+        for m in self.modules():
+            m.to(device).eval().requires_grad_(False)
+        return self
+
+    def digest(self) -> str:
+        """sha256 over the weights' names, shapes, dtypes and bytes: which weights made a store."""
+        h = hashlib.sha256()
+        for module in self.modules():
+            for name, tensor in sorted(module.state_dict().items()):
+                t = tensor.detach().cpu().contiguous()
+                h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+                h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return "sha256:" + h.hexdigest()

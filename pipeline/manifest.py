@@ -1,0 +1,414 @@
+"""The manifest: a TOML file read into frozen dataclasses.
+
+Every key is checked before any work starts. An unknown key, a missing required key or a
+value of the wrong type raises :class:`ManifestError`, whose message names the dotted key
+and says what is allowed. ``--set a.b=c`` overrides go through the same checks.
+
+Each section is a dataclass; its fields are the allowed keys, its type hints the allowed
+types, and an optional ``CHOICES`` mapping narrows string fields to a fixed set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MODALITIES = ("image", "text", "video", "audio", "points")
+
+
+class ManifestError(ValueError):
+    """A bad manifest or override; the message names the key and the fix."""
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    name: str  # a short name, used in stores' metadata and the published card
+    shards: str  # brace pattern of WebDataset tars: local path, or a `pipe:` command
+    output: str  # output folder for stores, status, pairs and runs
+    license: str = "unknown"  # licence of the source data, copied into the dataset card
+
+
+@dataclass(frozen=True)
+class ModalityConfig:
+    """Keys every modality has."""
+
+    encoder: str  # registry name, `hf:<repo-or-path>`, or `module:function` plugin
+    batch_size: int = 64  # samples per encoder call
+    dtype: str = "float16"  # storage dtype of the embeddings
+    CHOICES: typing.ClassVar[dict[str, tuple[str, ...]]] = {"dtype": ("float16", "float32")}
+
+
+@dataclass(frozen=True)
+class ImageConfig(ModalityConfig):
+    max_pixels: int = 64_000_000  # decoded images larger than this are a status row
+
+
+@dataclass(frozen=True)
+class TextConfig(ModalityConfig):
+    max_chars: int = 20_000  # longer captions are a status row (the encoder truncates tokens anyway)
+    class_prompt: str = "{}"  # template for class names embedded for zero-shot eval
+
+
+@dataclass(frozen=True)
+class VideoConfig(ModalityConfig):
+    frames: int = 8  # frames sampled uniformly per clip (EBind: 8)
+    max_seconds: float = 3600.0  # longer clips are a status row
+    max_pixels: int = 8_300_000  # per frame (4K); larger is a status row
+
+
+@dataclass(frozen=True)
+class AudioConfig(ModalityConfig):
+    seconds: float = 10.0  # clip length fed to the encoder (longer audio is centre-cropped)
+    sample_rate: int = 0  # 0 = the encoder's own rate
+    max_seconds: float = 3600.0  # longer recordings are a status row
+
+
+@dataclass(frozen=True)
+class PointsConfig(ModalityConfig):
+    points: int = 8192  # points sub-sampled per cloud
+    max_points: int = 10_000_000  # larger clouds are a status row
+    views: int = 6  # depth views rendered by the render-through-image-encoder fallback
+
+
+MODALITY_SECTIONS: dict[str, type[ModalityConfig]] = {
+    "image": ImageConfig,
+    "text": TextConfig,
+    "video": VideoConfig,
+    "audio": AudioConfig,
+    "points": PointsConfig,
+}
+
+
+@dataclass(frozen=True)
+class PrecomputeConfig:
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "bf16"  # autocast dtype on CUDA (CPU runs in fp32)
+    num_workers: int = -1  # DataLoader workers per rank; -1 = sized from the CPU count
+    prefetch_factor: int = 4  # batches prefetched per worker
+    compile: bool = False  # torch.compile the encoder
+    handler: str = "record"  # bad sample policy: record (status row, go on) | raise
+    CHOICES: typing.ClassVar[dict[str, tuple[str, ...]]] = {
+        "precision": ("bf16", "fp16", "fp32"),
+        "handler": ("record", "raise"),
+    }
+
+
+@dataclass(frozen=True)
+class PairConfig:
+    query: str = "text"  # the modality whose items get neighbours (EBind: captions)
+    targets: tuple[str, ...] = ()  # target modalities; empty = every other stored modality
+    k: int = 16  # neighbours kept per query and modality
+    min_score: float = -1.0  # drop neighbours below this cosine score
+    mutual: bool = False  # keep only mutual nearest neighbours
+    max_uses: int = 0  # hub limit: queries that may take one target as first choice; 0 = no limit
+    engine: str = "auto"  # auto | torch | faiss-flat | faiss-ivf
+    memory_gb: float = 8.0  # memory budget for the index / target blocks
+    query_chunk: int = 65536  # queries per resumable chunk
+    head_run: str = ""  # run whose exported heads map stores into the query's space; "" = none
+    nprobe: int = 32  # IVF lists probed per query
+    CHOICES: typing.ClassVar[dict[str, tuple[str, ...]]] = {
+        "engine": ("auto", "torch", "faiss-flat", "faiss-ivf"),
+    }
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    run: str = "default"  # folder under <output>/runs/
+    anchor: str = "text"  # the space every head maps into
+    anchor_passthrough: tuple[str, ...] = ()  # modalities already in the anchor's space (no head)
+    modalities: tuple[str, ...] = ()  # projected modalities; empty = every stored non-anchor one
+    hidden: int = 2048  # width of the head's hidden layer (EBind: 2048)
+    depth: int = 2  # Linear layers per head (EBind: 2)
+    dropout: float = 0.0  # dropout after each hidden activation
+    out_dim: int = 0  # 0 = the anchor's dim
+    loss: str = "infonce"  # loss registry name
+    epochs: int = 10  # passes over the training split
+    batch_size: int = 1024  # samples per step (per rank)
+    lr: float = 1e-3  # AdamW learning rate
+    weight_decay: float = 0.01  # AdamW weight decay
+    warmup_steps: int = 50  # linear warm-up before cosine decay
+    seed: int = 0  # seeds the split, the init and the shuffling
+    val_fraction: float = 0.1  # held-out share of keys
+    precision: str = "no"  # accelerate mixed precision: no | bf16 | fp16
+    use_quintuples: bool = True  # train on pairs/quintuples.parquet when present
+    use_captions: bool = True  # train on items whose own caption is in the anchor store
+    triples: str = ""  # path of a human-rated triples table; "" = none
+    partial: str = "drop"  # how `partial` triples count: drop | soft
+    partial_weight: float = 0.5  # soft target weight of a partial match
+    hard_negatives: int = 0  # in-batch hard negatives mined per row; 0 = off
+    queue_size: int = 0  # cross-batch memory queue of negatives; 0 = off
+    cyclip_in_modal: float = 0.0  # CyCLIP in-modal consistency weight
+    cyclip_cross_modal: float = 0.0  # CyCLIP cross-modal consistency weight
+    gather: bool = True  # gather features across ranks for the loss
+    local_loss: bool = False  # open_clip's local loss: local rows against gathered columns
+    in_memory: str = "auto"  # auto | gpu | stream: where the cached dataset lives
+    checkpoint_every: int = 0  # save_state every N steps; 0 = each epoch
+    CHOICES: typing.ClassVar[dict[str, tuple[str, ...]]] = {
+        "precision": ("no", "bf16", "fp16"),
+        "partial": ("drop", "soft"),
+        "in_memory": ("auto", "gpu", "stream"),
+    }
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    run: str = ""  # run to evaluate; "" = train.run
+    ks: tuple[int, ...] = (1, 5, 10)  # Recall@K cut-offs
+    split: str = "val"  # val | all
+    label_key: str = "label"  # field of the samples' json metadata that holds the class
+    eshot: tuple[str, ...] = ("audio:points", "points:audio")  # EShot pairs, query:class-source
+    CHOICES: typing.ClassVar[dict[str, tuple[str, ...]]] = {"split": ("val", "all")}
+
+
+@dataclass(frozen=True)
+class PublishConfig:
+    folder: str = ""  # bundle folder; "" = <output>/publish
+    part_mb: int = 256  # target size of a re-partitioned Parquet file
+    run: str = ""  # run whose heads go into the bundle; "" = none
+    repo_id: str = ""  # Hugging Face dataset repo to upload to; "" = no upload
+    private: bool = True  # create the repo private
+
+
+@dataclass(frozen=True)
+class Manifest:
+    dataset: DatasetConfig
+    modalities: dict[str, ModalityConfig] = field(default_factory=dict)
+    precompute: PrecomputeConfig = field(default_factory=PrecomputeConfig)
+    pair: PairConfig = field(default_factory=PairConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
+    path: str = ""  # where it was read from ("" for an embedded or built manifest)
+
+    @property
+    def output(self) -> Path:
+        return Path(self.dataset.output)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict (TOML-able) of every key, defaults included: what made a run."""
+        out = dataclasses.asdict(self)
+        out.pop("path")
+        return out
+
+
+SECTIONS: dict[str, type] = {
+    "dataset": DatasetConfig,
+    "precompute": PrecomputeConfig,
+    "pair": PairConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+    "publish": PublishConfig,
+}
+
+
+# ----------------------------------------------------------------------------- checking
+
+
+def _allowed(cls: type) -> str:
+    return ", ".join(f.name for f in dataclasses.fields(cls))
+
+
+def _coerce(key: str, value: Any, hint: Any, choices: tuple[str, ...] | None) -> Any:
+    """Check ``value`` against a field's type hint; return it in the field's type."""
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        (inner, *_rest) = typing.get_args(hint)
+        if isinstance(value, str):
+            value = [v for v in (s.strip() for s in value.split(",")) if v]
+        if not isinstance(value, list | tuple):
+            raise ManifestError(f"{key}: expected a list, got {value!r}")
+        return tuple(_coerce(f"{key}[{i}]", v, inner, choices) for i, v in enumerate(value))
+    if origin in (typing.Union, types.UnionType):
+        raise ManifestError(f"{key}: internal error, unions are not supported")  # pragma: no cover
+    if hint is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if not isinstance(value, bool):
+            raise ManifestError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, str):
+            try:
+                value = int(value)
+            except ValueError:
+                raise ManifestError(f"{key}: expected an integer, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ManifestError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise ManifestError(f"{key}: expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ManifestError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ManifestError(f"{key}: expected a string, got {value!r}")
+        if choices and value not in choices:
+            raise ManifestError(f"{key}: {value!r} is not allowed; use one of {', '.join(choices)}")
+        return value
+    raise ManifestError(f"{key}: unsupported type {hint}")  # pragma: no cover
+
+
+def _build(cls: type, table: Any, prefix: str) -> Any:
+    if not isinstance(table, dict):
+        raise ManifestError(f"{prefix}: expected a table [{prefix}], got {table!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in table:
+        if key not in names:
+            raise ManifestError(
+                f"{prefix}.{key}: unknown key; allowed keys in [{prefix}] are: {_allowed(cls)}"
+            )
+    choices_by_key = getattr(cls, "CHOICES", {})
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in table:
+            kwargs[f.name] = _coerce(f"{prefix}.{f.name}", table[f.name], hints[f.name],
+                                     choices_by_key.get(f.name))
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ManifestError(f"{prefix}.{f.name}: required key is missing; add it to [{prefix}]")
+    return cls(**kwargs)
+
+
+def _check_values(m: Manifest) -> None:
+    """Cross-field and range checks that types alone do not catch."""
+    def positive(key: str, value: float) -> None:
+        if value <= 0:
+            raise ManifestError(f"{key}: must be > 0, got {value!r}")
+
+    if not m.dataset.name.strip():
+        raise ManifestError("dataset.name: must not be empty")
+    if not m.dataset.shards.strip():
+        raise ManifestError("dataset.shards: must not be empty; give a brace pattern like data/shard-{000..009}.tar")
+    if not m.modalities:
+        raise ManifestError(f"modalities: declare at least one of [modalities.<{'|'.join(MODALITIES)}>]")
+    for name, mod in m.modalities.items():
+        positive(f"modalities.{name}.batch_size", mod.batch_size)
+        if not mod.encoder.strip():
+            raise ManifestError(f"modalities.{name}.encoder: must not be empty")
+        for fname in ("frames", "points", "views", "seconds", "max_pixels", "max_points", "max_seconds", "max_chars"):
+            if hasattr(mod, fname):
+                positive(f"modalities.{name}.{fname}", getattr(mod, fname))
+        if isinstance(mod, AudioConfig) and mod.sample_rate < 0:
+            raise ManifestError(f"modalities.{name}.sample_rate: must be >= 0 (0 = the encoder's rate)")
+    pc = m.precompute
+    if not (pc.device in ("auto", "cpu", "cuda") or pc.device.startswith("cuda:")):
+        raise ManifestError(f"precompute.device: {pc.device!r} is not allowed; use auto, cpu, cuda or cuda:N")
+    positive("precompute.prefetch_factor", pc.prefetch_factor)
+    for key, mod in (("pair.query", m.pair.query), ("train.anchor", m.train.anchor)):
+        if mod not in MODALITIES:
+            raise ManifestError(f"{key}: {mod!r} is not a modality; use one of {', '.join(MODALITIES)}")
+    for key, mods in (("pair.targets", m.pair.targets), ("train.modalities", m.train.modalities),
+                      ("train.anchor_passthrough", m.train.anchor_passthrough)):
+        for mod in mods:
+            if mod not in MODALITIES:
+                raise ManifestError(f"{key}: {mod!r} is not a modality; use one of {', '.join(MODALITIES)}")
+    positive("pair.k", m.pair.k)
+    positive("pair.memory_gb", m.pair.memory_gb)
+    positive("pair.query_chunk", m.pair.query_chunk)
+    if m.pair.max_uses < 0:
+        raise ManifestError("pair.max_uses: must be >= 0 (0 = no limit)")
+    t = m.train
+    for key in ("hidden", "depth", "epochs", "batch_size", "lr"):
+        positive(f"train.{key}", getattr(t, key))
+    if not 0.0 <= t.dropout < 1.0:
+        raise ManifestError(f"train.dropout: must be in [0, 1), got {t.dropout}")
+    if not 0.0 < t.val_fraction < 1.0:
+        raise ManifestError(f"train.val_fraction: must be in (0, 1), got {t.val_fraction}")
+    for k in m.eval.ks:
+        positive("eval.ks", k)
+    for pair in m.eval.eshot:
+        a, sep, b = pair.partition(":")
+        if not sep or a not in MODALITIES or b not in MODALITIES:
+            raise ManifestError(f"eval.eshot: {pair!r} must be 'query:classes', two modalities like 'audio:points'")
+    positive("publish.part_mb", m.publish.part_mb)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _resolve_path(value: str, base: Path) -> str:
+    if not value or value.startswith(("pipe:", "http://", "https://", "s3://", "gs://")):
+        return value
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else (base / p))
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=c`` overrides to a raw TOML dict. Values are parsed as TOML when they
+    parse (numbers, booleans, lists), else kept as strings; types are checked later."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ManifestError(f"--set {item!r}: expected KEY=VALUE, like --set pair.k=32")
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text
+        parts = key.split(".")
+        node = raw
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ManifestError(f"--set {key}: {part!r} is not a table")
+        node[parts[-1]] = value
+    return raw
+
+
+def from_dict(raw: dict[str, Any], base: Path | None = None, path: str = "") -> Manifest:
+    """Build and check a manifest from a raw dict (as parsed from TOML)."""
+    raw = dict(raw)
+    base = base or Path.cwd()
+    unknown = set(raw) - set(SECTIONS) - {"modalities"}
+    if unknown:
+        key = sorted(unknown)[0]
+        raise ManifestError(f"{key}: unknown section; allowed sections are: {', '.join([*SECTIONS, 'modalities'])}")
+    if "dataset" not in raw:
+        raise ManifestError("dataset: required section is missing; add [dataset] with name, shards and output")
+    sections = {name: _build(cls, raw[name], name) for name, cls in SECTIONS.items() if name in raw}
+    mods_raw = raw.get("modalities", {})
+    if not isinstance(mods_raw, dict):
+        raise ManifestError("modalities: expected tables like [modalities.image]")
+    modalities = {}
+    for name, table in mods_raw.items():
+        if name not in MODALITY_SECTIONS:
+            raise ManifestError(f"modalities.{name}: unknown modality; use one of {', '.join(MODALITIES)}")
+        modalities[name] = _build(MODALITY_SECTIONS[name], table, f"modalities.{name}")
+    ds = sections["dataset"]
+    ds = dataclasses.replace(ds, shards=_resolve_path(ds.shards, base), output=_resolve_path(ds.output, base))
+    sections["dataset"] = ds
+    if "train" in sections and sections["train"].triples:
+        sections["train"] = dataclasses.replace(
+            sections["train"], triples=_resolve_path(sections["train"].triples, base))
+    if "publish" in sections and sections["publish"].folder:
+        sections["publish"] = dataclasses.replace(
+            sections["publish"], folder=_resolve_path(sections["publish"].folder, base))
+    manifest = Manifest(modalities=modalities, path=path, **sections)
+    _check_values(manifest)
+    return manifest
+
+
+def load(path: str | Path, overrides: list[str] | None = None) -> Manifest:
+    """Read, override and check a manifest file. Relative paths in it are relative to its folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: manifest not found; pass the path of a TOML file (see manifests/demo.toml)")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ManifestError(f"{path}: not valid TOML: {exc}") from None
+    raw = apply_overrides(raw, overrides or [])
+    return from_dict(raw, base=path.resolve().parent, path=str(path))
