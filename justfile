@@ -34,6 +34,13 @@ eval manifest=default_manifest *overrides:
 publish manifest=default_manifest *overrides:
     {{venv}}/bindery publish {{manifest}} {{overrides}}
 
+# the main job on the embedded default: precompute, pair, train, eval
+demo manifest=default_manifest:
+    {{just_executable()}} precompute {{manifest}}
+    {{just_executable()}} pair {{manifest}}
+    {{just_executable()}} train {{manifest}}
+    {{just_executable()}} eval {{manifest}}
+
 # the CPU test suite (what CI runs)
 test *args:
     {{venv}}/python -m pytest -q -m "not gpu" {{args}}
@@ -45,3 +52,11 @@ test-gpu *args:
 # ruff lint
 lint:
     {{venv}}/ruff check .
+
+# benchmarks: bare encoder vs pipeline, kNN queries/s, training samples/s -> bench/results/<device>.json
+bench *args:
+    {{venv}}/python -m bench.run {{args}}
+
+# the same on the CPU with small configs (minutes)
+bench-small *args:
+    {{venv}}/python -m bench.run --small --device cpu {{args}}

@@ -1,0 +1,98 @@
+"""`just bench`: every benchmark in one run, printed as a table and saved as JSON.
+
+Each section is a module under ``bench/`` with ``measure(small: bool, device: str) -> dict``
+(nested dicts of figures). This runner only times nothing itself: it calls them in one
+process, prints ``section / figure / value``, and writes ``bench/results/<device>.json``
+with the command line, the device and the library versions, so a figure in the README can
+always be traced to the run that made it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+SECTIONS = ("precompute", "knn", "train")
+log = logging.getLogger("bench")
+
+
+def device_name(device: str) -> str:
+    """A file-name-safe name of the device the figures come from."""
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        name = torch.cuda.get_device_name(torch.device(device))
+    else:
+        name = f"cpu-{os.cpu_count()}core-{platform.machine()}"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")
+
+
+def flatten(prefix: str, value: Any) -> list[tuple[str, Any]]:
+    if isinstance(value, dict):
+        rows = []
+        for k, v in value.items():
+            rows += flatten(f"{prefix}.{k}" if prefix else str(k), v)
+        return rows
+    return [(prefix, value)]
+
+
+def fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.3f}" if abs(value) < 100 else f"{value:,.0f}"
+    return str(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small", action="store_true", help="CPU-sized configs that finish in minutes")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+    import torch
+
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    sections = [s for s in args.only.split(",") if s]
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"--only: unknown section(s) {sorted(unknown)}; use {', '.join(SECTIONS)}")
+    results: dict[str, Any] = {}
+    for section in sections:
+        log.info("running bench.%s (small=%s, device=%s)", section, args.small, device)
+        start = time.perf_counter()
+        results[section] = importlib.import_module(f"bench.{section}").measure(small=args.small, device=device)
+        results[section]["wall_s"] = round(time.perf_counter() - start, 1)
+
+    name = device_name(device)
+    report = {
+        "device": name, "small": args.small, "command": " ".join(["python -m bench.run", *(argv or sys.argv[1:])]),
+        "torch": torch.__version__, "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "results": results,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}{'-small' if args.small else ''}.json"
+    path.write_text(json.dumps(report, indent=2, default=str))
+
+    rows = flatten("", results)
+    width = max(len(k) for k, _ in rows)
+    sys.stdout.write(f"device: {name}   small: {args.small}\n")
+    for key, value in rows:
+        sys.stdout.write(f"{key:<{width}}  {fmt(value)}\n")
+    sys.stdout.write(f"written: {path}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
