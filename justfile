@@ -60,3 +60,7 @@ bench *args:
 # the same on the CPU with small configs (minutes)
 bench-small *args:
     {{venv}}/python -m bench.run --small --device cpu {{args}}
+
+# re-check a published bundle (checksums, counts, schemas, joins); names the first problem
+verify dir:
+    {{venv}}/bindery publish --verify {{dir}}

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ("precompute", "knn", "train")
+SECTIONS = ("precompute", "knn", "train", "publish")
 log = logging.getLogger("bench")
 
 

@@ -16,6 +16,7 @@ import sys
 
 from pipeline.encoders.base import EncoderError
 from pipeline.manifest import ManifestError, load
+from pipeline.verify import BundleError
 
 STAGES = {
     "precompute": ("pipeline.precompute:run", "encode every shard's modalities into Parquet stores"),
@@ -77,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ManifestError, EncoderError) as exc:
         print(f"bindery {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BundleError as exc:
+        print(f"bindery {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     if result is not None:
         print(json.dumps(result, indent=2, default=str))
     return 0
