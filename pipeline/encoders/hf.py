@@ -1,0 +1,181 @@
+"""``hf:<hub-id-or-local-path>``: frozen transformers models as encoders.
+
+Dispatch is on what the loaded model can do, never on its name:
+
+* image -- a model with ``get_image_features`` (CLIP, SigLIP, ...); else a vision model's
+  pooled output (``pooler_output``, or the mean of ``last_hidden_state``).
+* text  -- a model with ``get_text_features``; else a plain text model mean-pooled over the
+  attention mask (sentence-transformers style).
+* audio -- a model with ``get_audio_features`` (CLAP) fed by its feature extractor; else an
+  audio model (Wav2Vec2, AST, ...) mean-pooled over time.
+
+Video and points are not served here: :mod:`pipeline.encoders.wrappers` runs them through the
+image tower.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from pipeline.encoders.base import Batch, Encoder, EncoderError
+
+log = logging.getLogger(__name__)
+
+FEATURE_METHODS = {"image": "get_image_features", "text": "get_text_features", "audio": "get_audio_features"}
+
+
+def _features(out: Any) -> torch.Tensor:
+    """A features tensor from whatever a ``get_*_features`` returns (a tensor or a model output)."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if getattr(out, "pooler_output", None) is not None:
+        return out.pooler_output
+    return out[0]
+
+
+def _pooled(out: Any, mask: torch.Tensor | None) -> torch.Tensor:
+    """Pooled output when the model has one that is not None, else the (masked) mean over tokens."""
+    hidden = out.last_hidden_state
+    if mask is None:
+        pooled = getattr(out, "pooler_output", None)
+        if pooled is not None and pooled.ndim == 2:
+            return pooled
+        return hidden.mean(dim=1)
+    if mask.shape[1] != hidden.shape[1]:  # audio models downsample time: no token mask to apply
+        return hidden.mean(dim=1)
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+class ImagePreprocessor:
+    def __init__(self, processor: Any):
+        self.processor = processor
+
+    def __call__(self, images: list[Any]) -> Batch:
+        return {"pixel_values": self.processor(images=images, return_tensors="pt")["pixel_values"]}
+
+
+class TextPreprocessor:
+    def __init__(self, tokenizer: Any, max_length: int):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    def __call__(self, texts: list[str]) -> Batch:
+        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
+                             return_tensors="pt")
+        return {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+
+
+class AudioPreprocessor:
+    def __init__(self, extractor: Any, rate: int):
+        self.extractor = extractor
+        self.rate = rate
+
+    def __call__(self, waves: list[Any]) -> Batch:
+        enc = self.extractor(list(waves), sampling_rate=self.rate, return_tensors="pt", padding=True)
+        return {k: v for k, v in enc.items() if isinstance(v, torch.Tensor)}
+
+
+class HFEncoder(Encoder):
+    def __init__(self, modality: str, name: str, model: torch.nn.Module, preprocess: Any, dim: int,
+                 method: str | None, info: dict[str, Any], sample_rate: int | None = None):
+        self.modality, self.name, self.model, self._pre, self.dim = modality, name, model, preprocess, dim
+        self.method, self.info, self.sample_rate = method, info, sample_rate
+
+    def preprocessor(self):
+        return self._pre
+
+    def encode(self, batch: Batch) -> torch.Tensor:
+        if self.method:
+            return _features(getattr(self.model, self.method)(**batch))
+        out = self.model(**batch, return_dict=True)
+        return _pooled(out, batch.get("attention_mask"))
+
+    def modules(self) -> list[torch.nn.Module]:
+        return [self.model]
+
+    def provenance(self) -> dict[str, Any]:
+        return dict(self.info)
+
+
+def _probe_dim(encoder: HFEncoder, example: Any) -> int:
+    with torch.no_grad():
+        return int(encoder.encode(encoder.preprocessor()([example, example])).shape[-1])
+
+
+def build(modality: str, config: Any) -> Encoder:
+    """Load ``config.encoder`` (``hf:<id-or-path>``) as a frozen encoder for ``modality``."""
+    import numpy as np
+    import transformers as tf
+
+    name = config.encoder
+    path = name[len("hf:"):]
+    if modality not in FEATURE_METHODS:
+        raise EncoderError(f"modalities.{modality}.encoder: {name} serves image, text or audio; "
+                           f"{modality} goes through the image tower (wrappers.adapt)")
+    try:
+        model = tf.AutoModel.from_pretrained(path)
+    except Exception as exc:
+        raise EncoderError(f"modalities.{modality}.encoder: cannot load {name!r} ({exc}); "
+                           "give a local folder saved with save_pretrained, or a hub id that is cached") from None
+    model.eval().requires_grad_(False)
+    method = FEATURE_METHODS[modality] if hasattr(model, FEATURE_METHODS[modality]) else None
+    fallback = "mean over the attention mask" if modality == "text" else "pooler_output, else mean over tokens"
+    info: dict[str, Any] = {"model_class": type(model).__name__, "pooling": method or fallback}
+    rate = None
+    try:
+        if modality == "image":
+            proc = tf.AutoImageProcessor.from_pretrained(path)
+            pre, example = ImagePreprocessor(proc), _blank_image()
+            size = getattr(proc, "size", None)
+            info["image_size"] = {k: v for k, v in dict(size).items() if v is not None} if size else None
+        elif modality == "text":
+            tok = tf.AutoTokenizer.from_pretrained(path)
+            max_len = _max_length(model, tok)
+            pre, example = TextPreprocessor(tok, max_len), "a photo"
+            info["max_length"] = max_len
+        else:
+            ext = tf.AutoFeatureExtractor.from_pretrained(path)
+            rate = int(ext.sampling_rate)
+            if config.sample_rate and config.sample_rate != rate:
+                raise EncoderError(f"modalities.audio.sample_rate: {name} takes {rate} Hz audio, not "
+                                   f"{config.sample_rate}; set it to 0 (the encoder's rate) or {rate}")
+            pre, example = AudioPreprocessor(ext, rate), np.zeros(rate, dtype=np.float32)
+            info["sample_rate"] = rate
+    except EncoderError:
+        raise
+    except Exception as exc:
+        raise EncoderError(f"modalities.{modality}.encoder: {name!r} has no usable {modality} "
+                           f"preprocessor ({exc})") from None
+    if method is None and modality != "text" and not _is_modality_model(model, modality):
+        raise EncoderError(f"modalities.{modality}.encoder: {name!r} ({type(model).__name__}) has no "
+                           f"{FEATURE_METHODS[modality]} and does not take {modality} input")
+    enc = HFEncoder(modality, name, model, pre, 0, method, info, rate)
+    enc.dim = _probe_dim(enc, example)
+    log.info("hf encoder %s for %s: %s, dim %d, pooling %s", name, modality, info["model_class"], enc.dim,
+             info["pooling"])
+    return enc
+
+
+def _is_modality_model(model: torch.nn.Module, modality: str) -> bool:
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    wanted = {"image": ("pixel_values",), "audio": ("input_values", "input_features")}[modality]
+    return any(p in params for p in wanted)
+
+
+def _max_length(model: torch.nn.Module, tokenizer: Any) -> int:
+    cfg = getattr(model.config, "text_config", None) or model.config
+    limit = getattr(cfg, "max_position_embeddings", None) or 512
+    tok_limit = getattr(tokenizer, "model_max_length", limit) or limit
+    return int(min(limit, tok_limit))
+
+
+def _blank_image():
+    from PIL import Image
+
+    return Image.new("RGB", (32, 32), (127, 127, 127))
