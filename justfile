@@ -64,3 +64,12 @@ bench-small *args:
 # re-check a published bundle (checksums, counts, schemas, joins); names the first problem
 verify dir:
     {{venv}}/bindery publish --verify {{dir}}
+
+# build the held-out real benchmark from Debian packages (needs root for apt-get) -> bench-data/
+bench-data:
+    apt-get update -qq && apt-get install -y -qq tuxpaint-stamps-default asterisk-core-sounds-en-wav asterisk-core-sounds-en inventor-data inventor-clients espeak-ng
+    {{venv}}/python -m pipeline.demo_data --bench --out bench-data
+
+# rebuild the shipped demo shards (byte-identical) -> data/demo/
+demo-data:
+    {{venv}}/python -m pipeline.demo_data --out data/demo

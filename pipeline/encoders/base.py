@@ -66,5 +66,5 @@ class Encoder(abc.ABC):
             for name, tensor in sorted(module.state_dict().items()):
                 t = tensor.detach().cpu().contiguous()
                 h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-                h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         return "sha256:" + h.hexdigest()

@@ -75,3 +75,4 @@ def build_encoder(modality: str, config: Any) -> Encoder:
 register("mobilenet-v2", "pipeline.encoders.mobilenet:build")  # image, 1280-d, ImageNet MobileNetV2
 register("minilm-l6", "pipeline.encoders.minilm:build")  # text, 384-d, all-MiniLM-L6-v2
 register("aisfx", "pipeline.encoders.aisfx:build")  # audio, 512-d, sound-effects CNN
+register("whisper-tiny", "pipeline.encoders.whisper:build")  # speech, 384-d, Whisper tiny.en encoder (CTranslate2)
