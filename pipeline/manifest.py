@@ -114,6 +114,8 @@ class PairConfig:
     query_chunk: int = 65536  # queries per resumable chunk
     head_run: str = ""  # run whose exported heads map stores into the query's space; "" = none
     nprobe: int = 32  # IVF lists probed per query
+    device: str = "auto"  # torch engine device: auto (cuda when available) | cpu | cuda | cuda:N
+    save_index: bool = True  # write pairs/index/<m>.faiss + <m>.keys.parquet per target modality
     CHOICES: typing.ClassVar[dict[str, tuple[str, ...]]] = {
         "engine": ("auto", "torch", "faiss-flat", "faiss-ivf"),
     }
@@ -150,7 +152,7 @@ class TrainConfig:
     gather: bool = True  # gather features across ranks for the loss
     local_loss: bool = False  # open_clip's local loss: local rows against gathered columns
     in_memory: str = "auto"  # auto | gpu | stream: where the cached dataset lives
-    checkpoint_every: int = 0  # save_state every N steps; 0 = each epoch
+    checkpoint_every: int = 0  # save_state every N steps; 0 = at an epoch's end if the last save is > 2 min old
     CHOICES: typing.ClassVar[dict[str, tuple[str, ...]]] = {
         "precision": ("no", "bf16", "fp16"),
         "partial": ("drop", "soft"),
@@ -171,10 +173,11 @@ class EvalConfig:
 @dataclass(frozen=True)
 class PublishConfig:
     folder: str = ""  # bundle folder; "" = <output>/publish
-    part_mb: int = 256  # target size of a re-partitioned Parquet file
+    part_mb: float = 256.0  # target size (MiB) of a re-partitioned Parquet file
     run: str = ""  # run whose heads go into the bundle; "" = none
     repo_id: str = ""  # Hugging Face dataset repo to upload to; "" = no upload
     private: bool = True  # create the repo private
+    verify: bool = True  # re-check the finished bundle (reads every file again) before it is moved into place
 
 
 @dataclass(frozen=True)
@@ -320,6 +323,9 @@ def _check_values(m: Manifest) -> None:
     positive("pair.query_chunk", m.pair.query_chunk)
     if m.pair.max_uses < 0:
         raise ManifestError("pair.max_uses: must be >= 0 (0 = no limit)")
+    positive("pair.nprobe", m.pair.nprobe)
+    if not (m.pair.device in ("auto", "cpu", "cuda") or m.pair.device.startswith("cuda:")):
+        raise ManifestError(f"pair.device: {m.pair.device!r} is not allowed; use auto, cpu, cuda or cuda:N")
     t = m.train
     for key in ("hidden", "depth", "epochs", "batch_size", "lr"):
         positive(f"train.{key}", getattr(t, key))
@@ -327,6 +333,12 @@ def _check_values(m: Manifest) -> None:
         raise ManifestError(f"train.dropout: must be in [0, 1), got {t.dropout}")
     if not 0.0 < t.val_fraction < 1.0:
         raise ManifestError(f"train.val_fraction: must be in (0, 1), got {t.val_fraction}")
+    for key in ("hard_negatives", "queue_size", "checkpoint_every", "warmup_steps", "cyclip_in_modal",
+                "cyclip_cross_modal"):
+        if getattr(t, key) < 0:
+            raise ManifestError(f"train.{key}: must be >= 0 (0 = off), got {getattr(t, key)}")
+    if not 0.0 < t.partial_weight <= 1.0:
+        raise ManifestError(f"train.partial_weight: must be in (0, 1], got {t.partial_weight}")
     for k in m.eval.ks:
         positive("eval.ks", k)
     for pair in m.eval.eshot:

@@ -1,0 +1,168 @@
+"""Training on planted-truth stores: retrieval is learnt, emergent pairs work, resume is exact."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.trainer.conftest import make_manifest
+from trainer import evaluate, train
+from trainer.data import is_val
+
+
+def test_training_learns_planted_maps_and_emergent_pairs(planted):
+    """audio (24-d) and points (16-d) are noisy random linear maps of text (32-d, noise 0.1). With
+    ~100 held-out items chance R@1 is ~1 % and chance R@10 ~10 %. Audio keeps most of text's
+    information, so text<->audio must reach R@1 >= 0.8 (measured 0.87-0.99). Points keep only 16
+    of text's 32 dims, which bounds what any head can recover: R@1 >= 0.55 (measured 0.67-0.86).
+    audio and points never meet in training, only through the text space where both heads' errors
+    add up: R@1 >= 0.15 (15x chance; measured 0.26-0.31) and R@10 >= 0.6 (measured 0.75-0.81)."""
+    output, _ = planted
+    manifest = make_manifest(output, epochs=12, val_fraction=0.25)
+    summary = train.run(manifest)
+    assert summary["world_size"] == 1 and summary["modalities"] == ["audio", "points"]
+    assert 60 < summary["val_rows"] < 140
+    metrics = evaluate.run(manifest)
+    assert json.loads((output / "runs/default/metrics.json").read_text()) == metrics
+    for pair, floor in (("text->audio", 0.8), ("audio->text", 0.8), ("text->points", 0.55), ("points->text", 0.55)):
+        assert metrics[pair]["R@1"] >= floor, (pair, metrics[pair])
+    for pair in ("audio->points", "points->audio"):
+        assert metrics[pair]["n"] == summary["val_rows"]
+        assert metrics[pair]["R@1"] >= 0.15 and metrics[pair]["R@10"] >= 0.6, (pair, metrics[pair])
+    log = (output / "runs/default/train_log.csv").read_text().splitlines()
+    assert log[0] == "step,name,value" and any(",loss," in row for row in log[1:])
+
+
+def test_untrained_heads_are_near_chance(planted):
+    """The same evaluation of heads that barely moved from their random init (lr 1e-7): shows the
+    thresholds above are earned by training."""
+    output, _ = planted
+    manifest = make_manifest(output, epochs=1, val_fraction=0.25, run="early", lr=1e-7)
+    train.run(manifest)
+    metrics = evaluate.run(manifest)
+    assert metrics["audio->points"]["R@1"] < 0.15
+    assert metrics["text->audio"]["R@1"] < 0.5
+
+
+def test_resume_equals_uninterrupted(planted):
+    output, _ = planted
+    opts = {"epochs": 2, "dropout": 0.1, "queue_size": 32, "checkpoint_every": 3}
+    train.run(make_manifest(output, run="straight", **opts))
+    stopped = train.run(make_manifest(output, run="resumed", **opts), stop_after_steps=5)
+    assert stopped["stopped_at"] == 5 and stopped["total_steps"] > 5
+    assert not (output / "runs/resumed/heads.safetensors").exists()
+    resumed = train.run(make_manifest(output, run="resumed", **opts))
+    assert resumed["resumed_from_step"] == 5
+    a = load_file(str(output / "runs/straight/heads.safetensors"))
+    b = load_file(str(output / "runs/resumed/heads.safetensors"))
+    assert a.keys() == b.keys() and len(a) == 8  # 2 heads x 2 Linear x (weight, bias)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # and a different seed gives different heads (the comparison can fail)
+    train.run(make_manifest(output, run="other", seed=1, **opts))
+    c = load_file(str(output / "runs/other/heads.safetensors"))
+    assert not torch.equal(a["audio.0.weight"], c["audio.0.weight"])
+
+
+def test_split_is_stable_and_seeded():
+    keys = [f"k{i}" for i in range(2000)]
+    val = is_val(keys, seed=0, fraction=0.2)
+    assert 0.17 < val.mean() < 0.23
+    assert (is_val(keys[:500], seed=0, fraction=0.2) == val[:500]).all()  # more data, same side
+    assert (is_val(keys, seed=1, fraction=0.2) != val).any()
+
+
+@pytest.mark.parametrize("bad", [{"train.anchor": "video"}, {"train.modalities": ["image"]}])
+def test_bad_train_config_names_the_key(planted, bad):
+    from pipeline.manifest import ManifestError
+
+    output, _ = planted
+    key, value = next(iter(bad.items()))
+    manifest = make_manifest(output, **{key.split(".")[1]: value})
+    with pytest.raises(ManifestError, match=key.replace(".", r"\.")):
+        train.run(manifest)
+
+
+def test_new_round_with_new_pairs_does_not_resume_the_old_one(planted):
+    """Round 1 (captions) then round 2 (captions + quintuples) under the same run name: round 2
+    must train from scratch, not resume the finished round 1."""
+    from tests.trainer.conftest import write_quintuples
+
+    output, _ = planted
+    first = train.run(make_manifest(output, epochs=1))
+    write_quintuples(output, [f"s{i:05d}" for i in range(100)], {"audio": [f"s{i + 1:05d}" for i in range(100)]})
+    second = train.run(make_manifest(output, epochs=1))
+    assert second["rows"] == first["rows"] + 100
+    assert first["resumed_from_step"] == 0 and second["resumed_from_step"] == 0
+    again = train.run(make_manifest(output, epochs=1))  # same config and data: the finished run is resumed
+    assert again["resumed_from_step"] == again["steps"] == second["steps"]
+
+
+DDP_SCRIPT = r'''
+import json, os, sys
+from pathlib import Path
+from tests.trainer.conftest import make_manifest
+from trainer import train
+out = Path(sys.argv[1])
+summary = train.run(make_manifest(out, epochs=2, batch_size=64, run="ddp"))
+if int(os.environ["RANK"]) == 0:
+    (out / "summary.json").write_text(json.dumps(summary))
+'''
+
+
+def test_two_process_training_matches_one_process_with_the_global_batch(planted, tmp_path):
+    """torchrun, 2 CPU ranks x 64 rows with the loss over gathered features == 1 rank x 128 rows:
+    same loss per step; DDP averages the ranks' local-slice gradients (half the full gradient),
+    which AdamW's normalisation cancels up to its eps, so the heads agree closely."""
+    from tests.trainer.test_losses import free_port
+
+    output, _ = planted
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           str(free_port()), str(script), str(output)], env=env, cwd=root, timeout=180,
+                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 2 * math.ceil(summary["train_rows"] / 128)
+    single = train.run(make_manifest(output, epochs=2, batch_size=128, run="single"))
+    assert single["world_size"] == 1 and single["steps"] == summary["steps"]
+    assert single["final_loss"] == pytest.approx(summary["final_loss"], rel=1e-3)
+    a = load_file(str(output / "runs/ddp/heads.safetensors"))
+    b = load_file(str(output / "runs/single/heads.safetensors"))
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-3), (k, (a[k] - b[k]).abs().max())
+
+
+@pytest.mark.parametrize("override", ["train.queue_size=-1", "train.partial_weight=0", "train.hard_negatives=-2"])
+def test_negative_train_values_are_manifest_errors(planted, override):
+    from pipeline.manifest import ManifestError
+
+    output, _ = planted
+    key, value = override.split("=")
+    with pytest.raises(ManifestError, match=key.replace(".", r"\.")):
+        make_manifest(output, **{key.split(".")[1]: float(value) if "weight" in key else int(value)})
+
+
+@pytest.mark.gpu
+def test_gpu_training_keeps_stores_on_the_gpu_in_bf16(planted):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA (run with: just test-gpu)")
+    from trainer.data import load
+
+    output, _ = planted
+    manifest = make_manifest(output, epochs=12, val_fraction=0.25, precision="bf16", in_memory="gpu")
+    assert load(manifest, "cuda").device.type == "cuda"
+    train.run(manifest)
+    metrics = evaluate.run(manifest)
+    assert metrics["text->audio"]["R@1"] >= 0.8 and metrics["audio->points"]["R@10"] >= 0.6
