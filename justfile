@@ -34,12 +34,15 @@ eval manifest=default_manifest *overrides:
 publish manifest=default_manifest *overrides:
     {{venv}}/bindery publish {{manifest}} {{overrides}}
 
-# the main job on the embedded default: precompute, pair, train, eval
+# the main job on the embedded default: precompute, bootstrap heads on own captions, pair
+# through them, retrain on captions + pairs, evaluate, publish
 demo manifest=default_manifest:
     {{just_executable()}} precompute {{manifest}}
+    {{just_executable()}} train {{manifest}} --set train.run=captions --set train.use_quintuples=false
     {{just_executable()}} pair {{manifest}}
     {{just_executable()}} train {{manifest}}
     {{just_executable()}} eval {{manifest}}
+    {{just_executable()}} publish {{manifest}}
 
 # the CPU test suite (what CI runs)
 test *args:

@@ -11,6 +11,7 @@ types, and an optional ``CHOICES`` mapping narrows string fields to a fixed set.
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
 import types
 import typing
@@ -355,7 +356,7 @@ def _resolve_path(value: str, base: Path) -> str:
     if not value or value.startswith(("pipe:", "http://", "https://", "s3://", "gs://")):
         return value
     p = Path(value).expanduser()
-    return str(p if p.is_absolute() else (base / p))
+    return os.path.normpath(p if p.is_absolute() else (base / p))
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

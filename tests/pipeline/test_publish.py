@@ -291,7 +291,9 @@ def test_ebind_manifest_loads_with_the_papers_recipe():
     assert set(m.modalities) == {"text", "image", "video", "audio", "points"}
     assert (m.train.hidden, m.train.depth, m.modalities["video"].frames) == (2048, 2, 8)
     assert m.train.anchor_passthrough == ("image", "video") and m.train.modalities == ("audio", "points")
-    assert m.publish.run == m.train.run == m.pair.head_run == "ebind" and m.publish.part_mb == 256.0
+    assert m.publish.run == m.train.run == "ebind" and m.publish.part_mb == 256.0
+    # pairing searches through round 1's heads (trained on own captions), a run of its own
+    assert m.pair.head_run == "ebind-captions" != m.train.run
 
 
 def test_upload_pushes_the_finished_bundle_in_one_commit(outputs, tmp_path, monkeypatch):
