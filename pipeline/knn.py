@@ -161,15 +161,12 @@ class TorchSearcher:
         return FaissFlatSearcher(self.targets).index
 
 
-class FaissFlatSearcher:
-    """Exact search with ``IndexFlatIP`` (on a GPU when faiss-gpu sees one)."""
+class _FaissSearcher:
+    """Search through a built FAISS index (``self.index``, searched as ``self._search_index``)."""
 
-    def __init__(self, targets: np.ndarray):
-        faiss = _faiss()
-        self.targets = targets
-        self.index = faiss.IndexFlatIP(targets.shape[1])
-        self.index.add(np.ascontiguousarray(targets, dtype=np.float32))
-        self._search_index = _maybe_gpu(self.index)
+    targets: np.ndarray
+    index: object
+    _search_index: object
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         c = min(self.targets.shape[0], k)
@@ -182,6 +179,17 @@ class FaissFlatSearcher:
         return self.index
 
 
+class FaissFlatSearcher(_FaissSearcher):
+    """Exact search with ``IndexFlatIP`` (on a GPU when faiss-gpu sees one)."""
+
+    def __init__(self, targets: np.ndarray):
+        faiss = _faiss()
+        self.targets = targets
+        self.index = faiss.IndexFlatIP(targets.shape[1])
+        self.index.add(np.ascontiguousarray(targets, dtype=np.float32))
+        self._search_index = _maybe_gpu(self.index)
+
+
 def ivf_lists(n: int) -> int:
     """About ``4 * sqrt(n)`` lists (a power of two), with at least 39 training points per list."""
     if n < 78:
@@ -190,7 +198,7 @@ def ivf_lists(n: int) -> int:
     return int(max(1, min(lists, n // 39)))
 
 
-class FaissIVFSearcher:
+class FaissIVFSearcher(_FaissSearcher):
     """Approximate search with ``IndexIVFFlat`` (inner product), ``nprobe`` lists probed per query."""
 
     def __init__(self, targets: np.ndarray, nprobe: int = 32, seed: int = 0):
@@ -210,16 +218,6 @@ class FaissIVFSearcher:
         self.index.nprobe = min(nprobe, self.nlist)
         self._search_index = _maybe_gpu(self.index)
         log.info("IVF index: %d lists, nprobe %d, %d vectors", self.nlist, self.index.nprobe, n)
-
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        c = min(self.targets.shape[0], k)
-        if c == 0 or queries.shape[0] == 0:
-            return _empty(queries.shape[0], k)
-        scores, ids = self._search_index.search(np.ascontiguousarray(queries, dtype=np.float32), c)
-        return rank_candidates(scores, ids, k)
-
-    def faiss_index(self):
-        return self.index
 
 
 def _maybe_gpu(index):

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from pipeline.manifest import load
 from pipeline.precompute import run
 from pipeline.store import embeddings_dir, list_parts, read_metadata, read_status, read_store
 from tests.conftest import MODS, write_manifest
+from tests.launch import torchrun
 
 ROOT = Path(__file__).resolve().parents[2]
 DIMS = {"image": 16, "text": 16, "video": 16, "audio": 24, "points": 16}
@@ -209,14 +209,8 @@ def test_sigkill_then_rerun_gives_the_same_stores(reference, tiny_shards, tiny_c
 
 def test_torchrun_two_processes_match_one(reference, tiny_shards, tiny_clip, tiny_audio, tmp_path):
     m = write_manifest(tmp_path / "m.toml", tiny_shards["pattern"], tmp_path / "out", tiny_clip, tiny_audio)
-    torchrun = Path(sys.executable).parent / "torchrun"
-    with socket.socket() as sock:  # a free port: test runs side by side must not meet
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", str(port), "-m", "pipeline.cli",
-           "precompute", str(m)]
-    res = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=180, cwd=tmp_path)
-    assert res.returncode == 0, res.stderr[-3000:]
+    res = torchrun(["-m", "pipeline.cli", "precompute", str(m)], timeout=180, cwd=tmp_path, env=cli_env())
+    assert res.returncode == 0, res.stdout[-3000:]
     summary = json.loads((tmp_path / "out" / "precompute.json").read_text())
     assert summary["world_size"] == 2
     ranks = summary["ranks"]

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.manifest import ManifestError
+from tests.launch import torchrun
 from trainer.losses import BindLoss, make_loss
 
 SCALE = 1 / 0.07
@@ -155,22 +152,12 @@ torch.distributed.destroy_process_group()  # else gloo's threads may abort the e
 '''
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_gathered_loss_with_two_processes(tmp_path: Path):
     """torchrun starts 2 CPU ranks; the gathered loss equals the single-process loss on the full batch,
     and each rank's gradient equals the single-process gradient of its slice."""
     script = tmp_path / "gather.py"
     script.write_text(GATHER_SCRIPT)
-    root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           str(free_port()), str(script), str(tmp_path)], env=env, cwd=root, timeout=120,
-                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = torchrun([str(script), str(tmp_path)], timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:]
     import json
 

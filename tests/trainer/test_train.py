@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.launch import torchrun
 from tests.trainer.conftest import make_manifest
 from trainer import evaluate, train
 from trainer.data import is_val
@@ -122,16 +119,10 @@ def test_two_process_training_matches_one_process_with_the_global_batch(planted,
     """torchrun, 2 CPU ranks x 64 rows with the loss over gathered features == 1 rank x 128 rows:
     same loss per step; DDP averages the ranks' local-slice gradients (half the full gradient),
     which AdamW's normalisation cancels up to its eps, so the heads agree closely."""
-    from tests.trainer.test_losses import free_port
-
     output, _ = planted
     script = tmp_path / "ddp.py"
     script.write_text(DDP_SCRIPT)
-    root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           str(free_port()), str(script), str(output)], env=env, cwd=root, timeout=180,
-                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = torchrun([str(script), str(output)], timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:]
     summary = json.loads((output / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 2 * math.ceil(summary["train_rows"] / 128)
