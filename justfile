@@ -76,3 +76,7 @@ bench-data:
 # rebuild the shipped demo shards (byte-identical) -> data/demo/
 demo-data:
     {{venv}}/python -m pipeline.demo_data --out data/demo
+
+# retrieval quality on the real held-out benchmark: heads vs ridge vs chance (needs just bench-data)
+bench-quality *args:
+    {{venv}}/python -m bench.quality {{args}}

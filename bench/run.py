@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ("precompute", "knn", "train", "publish")
+SECTIONS = ("precompute", "knn", "train", "publish", "quality")
+DEFAULT_SECTIONS = ("precompute", "knn", "train", "publish")  # quality needs bench-data/ (just bench-data)
 log = logging.getLogger("bench")
 
 
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="CPU-sized configs that finish in minutes")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
+    parser.add_argument("--only", default=",".join(DEFAULT_SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

@@ -168,6 +168,7 @@ class EvalConfig:
     split: str = "val"  # val | all
     label_key: str = "label"  # field of the samples' json metadata that holds the class
     eshot: tuple[str, ...] = ("audio:points", "points:audio")  # EShot pairs, query:class-source
+    ridge_lambda: float = 1.0  # L2 penalty of the closed-form ridge baseline (metrics.json "baselines")
     CHOICES: typing.ClassVar[dict[str, tuple[str, ...]]] = {"split": ("val", "all")}
 
 
@@ -238,24 +239,17 @@ def _coerce(key: str, value: Any, hint: Any, choices: tuple[str, ...] | None) ->
         if not isinstance(value, bool):
             raise ManifestError(f"{key}: expected true or false, got {value!r}")
         return value
-    if hint is int:
+    if hint in (int, float):
+        # an int is a valid float, never the reverse; booleans are neither
+        accepted, what = (int, "an integer") if hint is int else (int | float, "a number")
         if isinstance(value, str):
             try:
-                value = int(value)
+                value = hint(value)
             except ValueError:
-                raise ManifestError(f"{key}: expected an integer, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ManifestError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                raise ManifestError(f"{key}: expected a number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ManifestError(f"{key}: expected a number, got {value!r}")
-        return float(value)
+                raise ManifestError(f"{key}: expected {what}, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, accepted):
+            raise ManifestError(f"{key}: expected {what}, got {value!r}")
+        return hint(value)
     if hint is str:
         if not isinstance(value, str):
             raise ManifestError(f"{key}: expected a string, got {value!r}")
@@ -292,6 +286,10 @@ def _check_values(m: Manifest) -> None:
         if value <= 0:
             raise ManifestError(f"{key}: must be > 0, got {value!r}")
 
+    def device(key: str, value: str) -> None:
+        if not (value in ("auto", "cpu", "cuda") or value.startswith("cuda:")):
+            raise ManifestError(f"{key}: {value!r} is not allowed; use auto, cpu, cuda or cuda:N")
+
     if not m.dataset.name.strip():
         raise ManifestError("dataset.name: must not be empty")
     if not m.dataset.shards.strip():
@@ -308,8 +306,7 @@ def _check_values(m: Manifest) -> None:
         if isinstance(mod, AudioConfig) and mod.sample_rate < 0:
             raise ManifestError(f"modalities.{name}.sample_rate: must be >= 0 (0 = the encoder's rate)")
     pc = m.precompute
-    if not (pc.device in ("auto", "cpu", "cuda") or pc.device.startswith("cuda:")):
-        raise ManifestError(f"precompute.device: {pc.device!r} is not allowed; use auto, cpu, cuda or cuda:N")
+    device("precompute.device", pc.device)
     positive("precompute.prefetch_factor", pc.prefetch_factor)
     for key, mod in (("pair.query", m.pair.query), ("train.anchor", m.train.anchor)):
         if mod not in MODALITIES:
@@ -325,8 +322,7 @@ def _check_values(m: Manifest) -> None:
     if m.pair.max_uses < 0:
         raise ManifestError("pair.max_uses: must be >= 0 (0 = no limit)")
     positive("pair.nprobe", m.pair.nprobe)
-    if not (m.pair.device in ("auto", "cpu", "cuda") or m.pair.device.startswith("cuda:")):
-        raise ManifestError(f"pair.device: {m.pair.device!r} is not allowed; use auto, cpu, cuda or cuda:N")
+    device("pair.device", m.pair.device)
     t = m.train
     for key in ("hidden", "depth", "epochs", "batch_size", "lr"):
         positive(f"train.{key}", getattr(t, key))
@@ -342,6 +338,7 @@ def _check_values(m: Manifest) -> None:
         raise ManifestError(f"train.partial_weight: must be in (0, 1], got {t.partial_weight}")
     for k in m.eval.ks:
         positive("eval.ks", k)
+    positive("eval.ridge_lambda", m.eval.ridge_lambda)
     for pair in m.eval.eshot:
         a, sep, b = pair.partition(":")
         if not sep or a not in MODALITIES or b not in MODALITIES:

@@ -104,17 +104,29 @@ class Space:
         return np.flatnonzero(self.val[m] if held_out else ~self.val[m])
 
 
-def recall(space: Space, split: str, ks: tuple[int, ...]) -> dict[str, Any]:
+def pair_items(space: Space, q: str, t: str, split: str) -> tuple[torch.Tensor, np.ndarray, torch.Tensor] | None:
+    """Queries (rows of ``q``'s store that have a same-key ``t`` item in the split), the gallery
+    (rows of ``t``'s store in the split) and each query's truth (its position in the gallery);
+    None when no query has a partner."""
+    qi, ti = space.side(q, split), space.side(t, split)
+    pos = {k: j for j, k in enumerate(space.keys[t][ti])}
+    pairs = [(i, pos[k]) for i, k in zip(qi, space.keys[q][qi], strict=True) if k in pos]
+    if not pairs:
+        return None
+    qsel, truth = (torch.as_tensor(np.array(v, dtype=np.int64)) for v in zip(*pairs, strict=True))
+    return qsel, ti, truth
+
+
+def recall(space: Space, split: str, ks: tuple[int, ...],
+           pairs: list[tuple[str, str]] | None = None) -> dict[str, Any]:
+    """Recall@K of ``pairs`` (default: every ordered pair of ``space.mods``) from ``space.vecs``."""
     out = {}
-    for q, t in itertools.permutations(space.mods, 2):
-        qi, ti = space.side(q, split), space.side(t, split)
-        pos = {k: j for j, k in enumerate(space.keys[t][ti])}
-        pairs = [(i, pos[k]) for i, k in zip(qi, space.keys[q][qi], strict=True) if k in pos]
-        if not pairs:
+    for q, t in itertools.permutations(space.mods, 2) if pairs is None else pairs:
+        if (items := pair_items(space, q, t, split)) is None:
             continue
-        qsel, truth = (torch.as_tensor(np.array(v, dtype=np.int64)) for v in zip(*pairs, strict=True))
+        qsel, ti, truth = items
         ranks = ranks_of_truth(space.vecs[q][qsel], space.vecs[t][torch.as_tensor(ti)], truth)
-        out[f"{q}->{t}"] = {**topk_accuracy(ranks, ks), "n": len(pairs)}
+        out[f"{q}->{t}"] = {**topk_accuracy(ranks, ks), "n": len(qsel)}
     return out
 
 
@@ -175,6 +187,9 @@ def run(manifest: Manifest) -> dict[str, Any]:
     metrics: dict[str, Any] = recall(space, e.split, e.ks)
     metrics["zero_shot"] = zero_shot(space, manifest, labels, e.split)
     metrics["eshot"] = eshot(space, e.eshot, labels, e.split)
+    from trainer.baselines import baselines  # it builds on this module, so it is imported here
+
+    metrics["baselines"] = baselines(manifest, space, e.split, e.ks, e.ridge_lambda)
     (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
     log.info("metrics of %s written to %s", run_dir.name, run_dir / METRICS_FILE)
     return metrics
