@@ -39,7 +39,7 @@ publish manifest=default_manifest *overrides:
 demo manifest=default_manifest:
     {{just_executable()}} precompute {{manifest}}
     {{just_executable()}} train {{manifest}} --set train.run=captions --set train.use_quintuples=false
-    {{just_executable()}} pair {{manifest}}
+    {{just_executable()}} pair {{manifest}} --set pair.head_run=captions
     {{just_executable()}} train {{manifest}}
     {{just_executable()}} eval {{manifest}}
     {{just_executable()}} publish {{manifest}}
