@@ -9,8 +9,10 @@ explicit bad partner (a human-rated hard negative). Rows come from three sources
 * a human-rated triples table ``query_key, modality, target_key, label`` (good | partial | bad).
 
 The store vectors are kept once per modality and rows hold indices, so a batch is an index
-gather: on the accelerator when the stores fit there (``in_memory = gpu``), from host memory
-otherwise (``stream``). This module never imports webdataset, a decoder or an encoder.
+gather: from whole tensors on the accelerator (or in host memory on a CPU run) when the stores
+fit the memory budget, or, in stream mode, from memory-mapped Parquet parts through a bounded
+row-group cache (:mod:`trainer.stream`); both give the same batches. This module never imports
+webdataset, a decoder or an encoder.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import torch
 
 from pipeline.manifest import Manifest, ManifestError
 from pipeline.store import read_store, stored_modalities
+from trainer.stream import MappedStore, store_nbytes
 
 log = logging.getLogger(__name__)
 
@@ -158,12 +161,16 @@ class CachedData:
 
     anchor: str
     modalities: list[str]  # projected modalities, in head order
-    vectors: dict[str, torch.Tensor]  # modality (anchor included) -> (n_m, dim), the stored dtype
+    vectors: dict[str, torch.Tensor | MappedStore]  # modality (anchor included) -> (n_m, dim), the stored dtype
     keys: dict[str, np.ndarray]  # modality -> store keys
     rows: Rows
     train_idx: np.ndarray  # rows used for training
     val_idx: np.ndarray  # held-out rows
-    device: torch.device  # where ``vectors`` live
+    device: torch.device  # where ``vectors`` live (the host in stream mode: batches are gathered there)
+
+    @property
+    def streaming(self) -> bool:
+        return any(isinstance(v, MappedStore) for v in self.vectors.values())
 
     def dims(self) -> dict[str, int]:
         return {m: int(v.shape[1]) for m, v in self.vectors.items()}
@@ -187,6 +194,32 @@ class CachedData:
             out[f"{m}_weight"] = self._t(f"weight.{m}")[idx]
         return {k: v.to(target, non_blocking=True) for k, v in out.items()}
 
+    def _columns(self) -> list[tuple[str, str]]:
+        """(store, row-table column) pairs a batch gathers from."""
+        bad = [(m, f"bad.{m}") for m in self.modalities if self.has_bad(m)]
+        return [(self.anchor, "anchor"), *[(m, f"partner.{m}") for m in self.modalities], *bad]
+
+    def window_steps(self, batch_size: int) -> int:
+        """Stream mode: how many steps of ``batch_size`` rows one :meth:`prefetch` covers so that every
+        store's window fits its share of the budget; 0 when even one step does not (or not streaming)."""
+        if not self.streaming:
+            return 0
+        cols = {m: sum(s == m for s, _ in self._columns()) for m in self.vectors}
+        return min(v.budget // (batch_size * cols[m] * v.dim * v.np_dtype.itemsize) for m, v in self.vectors.items())
+
+    def prefetch(self, row_idx: torch.Tensor) -> None:
+        """Stream mode: read the store rows that the training rows ``row_idx`` (the coming steps'
+        rows) need into each store's window buffer, every row group decoded once per window; a no-op
+        for whole tensors. Batches are the same with or without it, only faster."""
+        if not self.streaming:
+            return
+        idx = row_idx.reshape(-1).cpu()
+        need: dict[str, list[np.ndarray]] = {m: [] for m in self.vectors}
+        for m, col in self._columns():
+            need[m].append(self._t(col)[idx].clamp(min=0).numpy())  # batch() reads row 0 for absent partners
+        for m, parts in need.items():
+            self.vectors[m].prefetch(np.concatenate(parts))
+
     def has_bad(self, modality: str) -> bool:
         cache = self.__dict__.setdefault("_has_bad", {})
         if modality not in cache:
@@ -203,15 +236,37 @@ class CachedData:
         return cache[name]
 
 
-def choose_device(mode: str, nbytes: int, device: torch.device) -> torch.device:
-    """``gpu``: the accelerator; ``stream``: host memory; ``auto``: the accelerator if the stores
-    take under 60 % of its free memory."""
-    if mode == "stream" or device.type != "cuda":
-        return torch.device("cpu")
-    if mode == "gpu":
-        return device
-    free, _total = torch.cuda.mem_get_info(device)
-    return device if nbytes < 0.6 * free else torch.device("cpu")
+GPU_FRACTION = 0.6  # memory_gb = 0 on CUDA: the stores may take this share of free GPU memory
+RAM_FRACTION = 0.5  # memory_gb = 0 otherwise (and for the stream cache): this share of available RAM
+
+
+def memory_budget(memory_gb: float, device: torch.device, host: bool = False) -> int:
+    """Bytes the vectors may take: ``memory_gb`` when set; else 60 % of the free memory of a CUDA
+    ``device`` (``host=False``), or 50 % of the available RAM (a CPU device, or ``host=True``)."""
+    if memory_gb < 0:
+        raise ManifestError(f"train.memory_gb: must be >= 0 (0 = derive it from free memory), got {memory_gb!r}")
+    if memory_gb > 0:
+        return int(memory_gb * 2**30)
+    if device.type == "cuda" and not host:
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(GPU_FRACTION * free)
+    import psutil
+
+    return int(RAM_FRACTION * psutil.virtual_memory().available)
+
+
+def choose_device(mode: str, nbytes: int, device: torch.device, budget: int) -> torch.device | None:
+    """Where the stores live: a device for whole tensors, or ``None`` to stream them.
+
+    ``gpu``: whole tensors on ``device`` (host memory on a CPU run); ``stream``: stream;
+    ``auto``: whole tensors on ``device`` when ``nbytes`` fits ``budget``, else stream."""
+    if mode == "stream" or (mode == "auto" and nbytes > budget):
+        where = None
+    else:
+        where = device if device.type == "cuda" else torch.device("cpu")
+    log.info("train data: in_memory=%s, stores %.1f MB, budget %.1f MB -> %s", mode, nbytes / 1e6, budget / 1e6,
+             f"whole tensors on {where}" if where is not None else "stream from memory-mapped Parquet")
+    return where
 
 
 def load(manifest: Manifest, device: torch.device | str = "cpu") -> CachedData:
@@ -222,8 +277,19 @@ def load(manifest: Manifest, device: torch.device | str = "cpu") -> CachedData:
         raise ManifestError(f"train.anchor: no embedding store for {t.anchor!r} under {out}; "
                             "run `bindery precompute` or set train.anchor to a stored modality")
     mods = projected_modalities(manifest, stored)
-    stores = {m: read_store(out, m) for m in [t.anchor, *mods]}
-    keys = {m: s.keys for m, s in stores.items()}
+    dev = torch.device(device)
+    sizes = {m: store_nbytes(out, m) for m in [t.anchor, *mods]}
+    nbytes = sum(sizes.values())
+    where = choose_device(t.in_memory, nbytes, dev, memory_budget(t.memory_gb, dev))
+    if where is None:  # the host budget is shared by the stores in proportion to their size
+        cache = memory_budget(t.memory_gb, dev, host=True)
+        vectors = {m: MappedStore(out, m, cache * size // max(1, nbytes)) for m, size in sizes.items()}
+        keys = {m: v.read_keys() for m, v in vectors.items()}
+    else:
+        stores = {m: read_store(out, m) for m in sizes}
+        # kept in the stored dtype (float16 halves the footprint at EBind's scale); batches are cast to float32
+        vectors = {m: torch.from_numpy(np.array(s.vectors)).to(where) for m, s in stores.items()}
+        keys = {m: s.keys for m, s in stores.items()}
     proj_keys = {m: keys[m] for m in mods}
     parts = []
     if t.use_captions:
@@ -239,10 +305,7 @@ def load(manifest: Manifest, device: torch.device | str = "cpu") -> CachedData:
         raise ManifestError("train: no training rows; enable train.use_captions or run `bindery pair` "
                             "to write pairs/quintuples.parquet")
     val = is_val(keys[t.anchor][rows.anchor], t.seed, t.val_fraction)
-    nbytes = sum(s.vectors.nbytes for s in stores.values())
-    where = choose_device(t.in_memory, nbytes, torch.device(device))
-    # kept in the stored dtype (float16 halves the footprint at EBind's scale); batches are cast to float32
-    vectors = {m: torch.from_numpy(np.array(s.vectors)).to(where) for m, s in stores.items()}
-    log.info("train data: %d rows (%d held out) from %d parts, stores on %s (%.1f MB)",
-             len(rows), int(val.sum()), len(parts), where, nbytes / 1e6)
+    log.info("train data: %d rows (%d held out) from %d parts, stores %s (%.1f MB)", len(rows), int(val.sum()),
+             len(parts), f"on {where}" if where is not None else "streamed from memory-mapped Parquet", nbytes / 1e6)
+    where = torch.device("cpu") if where is None else where  # stream: batches are gathered on the host
     return CachedData(t.anchor, mods, vectors, keys, rows, np.flatnonzero(~val), np.flatnonzero(val), where)

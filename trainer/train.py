@@ -73,9 +73,14 @@ def run_fingerprint(manifest: Manifest, data: CachedData) -> str:
     return digest.hexdigest()
 
 
+def train_rows(data: CachedData, idx: torch.Tensor) -> torch.Tensor:
+    """Row-table indices of block entries ``idx`` (positions in ``train_idx``; -1 padding -> row 0's)."""
+    return torch.as_tensor(data.train_idx)[idx.clamp(min=0)]
+
+
 def make_batch(data: CachedData, idx: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
     valid = (idx >= 0).to(device)
-    batch = data.batch(torch.as_tensor(data.train_idx)[idx.clamp(min=0)], device)
+    batch = data.batch(train_rows(data, idx), device)
     for m in data.modalities:  # padded rows take part in no pair
         batch[f"{m}_mask"] = batch[f"{m}_mask"] & valid
     return batch
@@ -157,9 +162,16 @@ def run(manifest: Manifest, stop_after_steps: int | None = None) -> dict[str, An
     start, seen, last_loss = time.perf_counter(), 0, float("nan")
     saved_at = start
     bar = tqdm(total=total, initial=step, desc="train", disable=not accelerator.is_main_process)
+    ahead = data.window_steps(t.batch_size)  # stream mode: steps read ahead at once (0 = none)
+    if data.streaming:
+        log.info("stream: reading %d step(s) ahead%s", ahead, "" if ahead else
+                 " (one step's rows exceed train.memory_gb: every batch goes through the row-group cache)")
     for epoch in range(step // steps_per_epoch, t.epochs):
         blocks = epoch_blocks(n_train, epoch, t.seed, t.batch_size, world)
-        for s in range(step - epoch * steps_per_epoch, steps_per_epoch):
+        first = step - epoch * steps_per_epoch
+        for s in range(first, steps_per_epoch):
+            if ahead and (s - first) % ahead == 0:
+                data.prefetch(train_rows(data, blocks[s:s + ahead, rank]))
             terms = train_step(accelerator, model, loss_fn, optimizer, scheduler,
                                make_batch(data, blocks[s, rank], accelerator.device))
             step += 1

@@ -1,17 +1,24 @@
-"""Rows joined from quintuples, captions and rated triples; batches gathered by index."""
+"""Rows joined from quintuples, captions and rated triples; batches gathered by index, from whole
+tensors or streamed from memory-mapped Parquet."""
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from pipeline.manifest import ManifestError
 from tests.planted import write_planted_stores
 from tests.trainer.conftest import DIMS, make_manifest, write_quintuples
+from trainer import train
 from trainer.data import load
+from trainer.stream import MappedStore
+from trainer.train import epoch_blocks, make_batch, train_rows
 
 
 def test_captions_join_by_same_key_and_mask_missing(tmp_path):
@@ -82,3 +89,99 @@ def test_split_holds_out_rows_by_anchor_key(tmp_path):
     assert np.array_equal(data.val_idx, again.val_idx)
     assert 0.2 < len(data.val_idx) / len(data.rows) < 0.4
     assert not set(data.train_idx) & set(data.val_idx)
+
+
+def small_row_groups(output, rows: int = 16) -> None:
+    """Rewrite every store part with ``rows``-row row groups (zstd, metadata kept), so a store has many."""
+    for path in (output / "embeddings").glob("*/part-*.parquet"):
+        pq.write_table(pq.read_table(path), path, row_group_size=rows, compression="zstd")
+
+
+def test_stream_gathers_the_same_batches_as_in_memory_within_the_budget(tmp_path):
+    """Stream mode reads memory-mapped parts (16-row row groups) through a cache of ~10 KB of the
+    ~115 KB of vectors, and every training batch of two epochs equals the in-memory one bit for bit."""
+    write_planted_stores(tmp_path, n=400, dims=DIMS, drop={"audio": [3, 4]})
+    small_row_groups(tmp_path)
+    write_quintuples(tmp_path, ["s00000", "s00001"], {"audio": ["s00005", None], "points": [None, "s00009"]})
+    base = {"batch_size": 32, "val_fraction": 0.2}
+    whole = load(make_manifest(tmp_path, in_memory="gpu", **base))
+    budget_gb = 10_000 / 2**30
+    streamed = load(make_manifest(tmp_path, in_memory="stream", memory_gb=budget_gb, **base))
+    ahead = load(make_manifest(tmp_path, in_memory="stream", memory_gb=4 * budget_gb, **base))  # read-ahead windows
+    steps = ahead.window_steps(32)
+    assert streamed.window_steps(32) == 1 and steps == 4 and whole.window_steps(32) == 0
+    assert not whole.streaming and streamed.streaming and streamed.device == torch.device("cpu")
+    stores = streamed.vectors
+    assert all(isinstance(v, MappedStore) for v in stores.values())
+    assert streamed.dims() == whole.dims() and {m: len(v) for m, v in stores.items()} == {"text": 400, "audio": 398, "points": 400}
+    for m in stores:
+        assert np.array_equal(streamed.keys[m], whole.keys[m])
+    assert np.array_equal(streamed.train_idx, whole.train_idx) and np.array_equal(streamed.rows.anchor, whole.rows.anchor)
+    budgets = {m: v.budget for m, v in stores.items()}
+    assert sum(budgets.values()) <= 10_000 and min(budgets.values()) >= 16 * 16 * 4  # >= one 16-row group each
+    total = sum(v.nbytes for v in stores.values())
+    assert total > 10 * 10_000
+    for epoch in range(2):
+        blocks = epoch_blocks(len(whole.train_idx), epoch, 0, 32, 1)
+        for s in range(blocks.shape[0]):
+            if s % steps == 0:
+                before = {m: v.decoded for m, v in ahead.vectors.items()}
+                ahead.prefetch(train_rows(ahead, blocks[s:s + steps, 0]))
+                for m, v in ahead.vectors.items():  # each touched row group decoded once for the window
+                    assert v.window is not None and v.decoded - before[m] <= len(v.groups)
+            a = make_batch(whole, blocks[s, 0], torch.device("cpu"))
+            b = make_batch(streamed, blocks[s, 0], torch.device("cpu"))
+            decoded = {m: v.decoded for m, v in ahead.vectors.items()}
+            c = make_batch(ahead, blocks[s, 0], torch.device("cpu"))
+            assert decoded == {m: v.decoded for m, v in ahead.vectors.items()}  # served from the window alone
+            assert a.keys() == b.keys() == c.keys()
+            for k in a:
+                assert torch.equal(a[k], b[k]) and torch.equal(a[k], c[k]), (epoch, s, k)
+            for v in [*stores.values(), *ahead.vectors.values()]:  # never more than its share of the budget
+                assert v.cached_bytes + v.window_bytes <= v.budget
+    assert all(0 < v.peak_cached_bytes <= v.budget for v in ahead.vectors.values())
+    for m, v in stores.items():
+        assert 0 < v.peak_cached_bytes <= v.budget and v.decoded > len(v.groups)  # groups were evicted and re-read
+        assert torch.equal(v[:], whole.vectors[m]) and torch.equal(v[5:9], whole.vectors[m][5:9])
+    with pytest.raises(IndexError):
+        stores["text"][torch.tensor([400])]
+
+
+def test_stream_row_group_over_the_budget_is_used_but_not_cached(tmp_path, caplog):
+    vectors = write_planted_stores(tmp_path, n=40, dims=DIMS)  # 2 parts of 20 rows: 2,560 B per text group
+    store = MappedStore(tmp_path, "text", budget=1000)
+    with caplog.at_level(logging.WARNING, logger="trainer.stream"):
+        got = store[torch.tensor([39, 0, 21, 0])]
+    assert np.array_equal(got.numpy(), vectors["text"][[39, 0, 21, 0]].astype(np.float32))
+    assert store.cached_bytes == 0 and store.peak_cached_bytes == 0 and "exceeds what train.memory_gb" in caplog.text
+
+
+def test_auto_streams_when_the_stores_exceed_the_budget(tmp_path, caplog):
+    write_planted_stores(tmp_path, n=50, dims=DIMS)
+    with caplog.at_level(logging.INFO, logger="trainer.data"):
+        tiny = load(make_manifest(tmp_path, in_memory="auto", memory_gb=1e-6))
+    assert tiny.streaming and "stream from memory-mapped Parquet" in caplog.text
+    roomy = load(make_manifest(tmp_path, in_memory="auto", memory_gb=1.0))
+    assert not roomy.streaming and all(isinstance(v, torch.Tensor) for v in roomy.vectors.values())
+    assert not load(make_manifest(tmp_path, in_memory="auto")).streaming  # 50 small rows fit half the free RAM
+    assert load(make_manifest(tmp_path, in_memory="gpu", memory_gb=1e-6)).vectors["text"].shape == (50, 32)
+    with pytest.raises(ManifestError, match="train.memory_gb"):
+        load(make_manifest(tmp_path, memory_gb=-1.0))
+
+
+def test_stream_training_equals_in_memory_training(tmp_path, caplog):
+    """Same seed, same batches: the exported heads of a stream run equal the in-memory run's bit for bit."""
+    write_planted_stores(tmp_path, n=240, dims=DIMS)
+    small_row_groups(tmp_path)
+    opts = {"epochs": 2, "batch_size": 32, "dropout": 0.1}
+    train.run(make_manifest(tmp_path, run="whole", in_memory="gpu", **opts))
+    streamed = make_manifest(tmp_path, run="streamed", in_memory="stream", memory_gb=3e-5, **opts)  # 32 of 69 KB
+    assert load(streamed).window_steps(32) == 3  # the loop reads 3 steps ahead (7 steps an epoch)
+    with caplog.at_level(logging.INFO, logger="trainer.data"):
+        train.run(streamed)
+    assert "streamed from memory-mapped Parquet" in caplog.text
+    whole = load_file(tmp_path / "runs/whole/heads.safetensors")
+    streamed = load_file(tmp_path / "runs/streamed/heads.safetensors")
+    assert whole.keys() == streamed.keys()
+    for k in whole:
+        assert torch.equal(whole[k], streamed[k]), k
