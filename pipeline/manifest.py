@@ -153,6 +153,7 @@ class TrainConfig:
     gather: bool = True  # gather features across ranks for the loss
     local_loss: bool = False  # open_clip's local loss: local rows against gathered columns
     in_memory: str = "auto"  # auto | gpu | stream: where the cached dataset lives
+    memory_gb: float = 0.0  # memory the cached vectors may take (whole, or stream cache); 0 = 60 % of free GPU memory on CUDA, 50 % of available RAM on CPU
     checkpoint_every: int = 0  # save_state every N steps; 0 = at an epoch's end if the last save is > 2 min old
     CHOICES: typing.ClassVar[dict[str, tuple[str, ...]]] = {
         "precision": ("no", "bf16", "fp16"),
