@@ -1,167 +1,232 @@
-"""Bare image encoder vs precompute end to end, same run, same encoder.
+"""Bare encoder vs precompute end to end, per modality, same run, same encoder.
 
-* bare: preprocessed tensors already on the device, encoder forward only (bf16 autocast on CUDA).
-* end to end: ``pipeline.precompute.run`` over tar shards of photo-like JPEGs (decode in the
-  DataLoader workers, preprocess, device transfer, encode, normalise, Parquet writes), timed
-  from the first read to the last write (``ranks[0].loop_s``; model loading excluded).
+For every row (a modality and an encoder):
 
-Encoders: CLIP vision towers of ViT-B/16@224 and ViT-L/14@336 size with random weights
-(``CLIPVisionConfig``, saved with ``save_pretrained`` and loaded through ``hf:``); ``--small``
-uses a CPU-sized tower. ``python -m bench.precompute [--small] [--device cpu|cuda]``.
+* bare: one preprocessed batch already on the device (the encoder's own preprocessor over
+  decoded members of the row's shards), encoder forward only, bf16 autocast on CUDA,
+  warm-up excluded, CUDA synchronised; the same batch size as the end-to-end run;
+* end to end: ``pipeline.precompute.run`` over tar shards of real-looking members (decode in
+  the DataLoader workers, preprocess, device transfer, encode, normalise, Parquet writes),
+  timed from the first read to the last write (``ranks[0].loop_s``; model loading excluded);
+* their ratio, and the peak GPU memory of each (``null`` off CUDA).
+
+Rows: image at ViT-B/16@224 and ViT-L/14@336; text on a 24-layer x 1024 CLIP text tower over
+~32-token captions; audio on a ViT-B-sized AST over 5 s FLAC; video as 8 frames of MP4 clips
+through the ViT-B/16 tower; points as 6 depth renders of ``.npy`` clouds through the ViT-B/16
+tower. Random weights, saved with ``save_pretrained`` and loaded through ``hf:`` (see
+:mod:`bench.precompute_data`). ``--small`` runs the same rows with tiny towers and inputs.
+``python -m bench.precompute [--small] [--device cpu|cuda]``.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
-import tarfile
+import os
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from bench import precompute_data as data
+
 log = logging.getLogger(__name__)
 
-CONFIGS = {  # name: (vision config, JPEG side, samples, batch size)
-    "vit-b16-224": (dict(image_size=224, patch_size=16, hidden_size=768, intermediate_size=3072,
-                         num_hidden_layers=12, num_attention_heads=12), 320, 8192, 256),
-    "vit-l14-336": (dict(image_size=336, patch_size=14, hidden_size=1024, intermediate_size=4096,
-                         num_hidden_layers=24, num_attention_heads=16), 448, 2048, 128),
+VIT_B16 = dict(image_size=224, patch_size=16, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+               num_attention_heads=12)
+VIT_L14_336 = dict(image_size=336, patch_size=14, hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                   num_attention_heads=16)
+VIT_TINY = dict(image_size=64, patch_size=16, hidden_size=96, intermediate_size=192, num_hidden_layers=2,
+                num_attention_heads=2)
+MODELS: dict[str, Callable[[Path], Path]] = {  # name: folder -> saved model folder
+    "vit-b16-224": partial(data.save_vision, **VIT_B16),
+    "vit-l14-336": partial(data.save_vision, **VIT_L14_336),
+    "text-l24-1024": partial(data.save_text, hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                             num_attention_heads=16),
+    "ast-b16": partial(data.save_audio),  # ASTConfig defaults: ViT-B, 128 mel bins x 1024 frames
+    "vit-tiny-64": partial(data.save_vision, **VIT_TINY),
+    "text-tiny": partial(data.save_text, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=2),
+    "ast-tiny": partial(data.save_audio, hidden_size=96, intermediate_size=192, num_hidden_layers=2,
+                        num_attention_heads=2, num_mel_bins=32, max_length=128),
 }
-SMALL = {"vit-tiny-64": (dict(image_size=64, patch_size=16, hidden_size=96, intermediate_size=192,
-                              num_hidden_layers=2, num_attention_heads=2), 96, 1024, 32)}
 
 
-def photo_like(rng: np.random.Generator, side: int) -> bytes:
-    """A JPEG with smooth gradients, a few blurred blobs and sensor noise (compresses like a photo)."""
-    from PIL import Image, ImageDraw, ImageFilter
-
-    y, x = np.mgrid[0:side, 0:side] / side
-    base = np.stack([(c0 + c1 * x + c2 * y) for c0, c1, c2 in rng.uniform(0, 1, (3, 3)) * [200, 55, 55]], -1)
-    img = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(img)
-    for _ in range(6):
-        x0, y0 = rng.integers(0, side, 2)
-        r = int(rng.integers(side // 16, side // 4))
-        draw.ellipse([x0 - r, y0 - r, x0 + r, y0 + r], fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
-    img = img.filter(ImageFilter.GaussianBlur(side / 100))
-    arr = np.asarray(img).astype(np.int16) + rng.normal(0, 6, (side, side, 3)).astype(np.int16)
-    buf = io.BytesIO()
-    Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
+@dataclass(frozen=True)
+class Row:
+    modality: str
+    model: str  # key of MODELS
+    ext: str  # member extension in the shards
+    member: Callable[[np.random.Generator], bytes]  # one member's bytes
+    samples: int  # samples in the end-to-end run
+    batch_size: int
+    options: dict[str, Any] = field(default_factory=dict)  # more [modalities.<m>] keys
+    pool: int = 256  # distinct members made (and reused) for the shards
 
 
-def write_shards(folder: Path, n: int, side: int, per_shard: int = 512) -> str:
-    rng = np.random.default_rng(0)
-    pool = [photo_like(rng, side) for _ in range(min(n, 256))]  # reuse bytes: decode cost is the same
-    shards = (n + per_shard - 1) // per_shard
-    for s in range(shards):
-        with tarfile.open(folder / f"bench-{s:04d}.tar", "w") as tar:
-            for i in range(s * per_shard, min(n, (s + 1) * per_shard)):
-                data = pool[i % len(pool)]
-                info = tarfile.TarInfo(f"{i:08d}.jpg")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-    return str(folder / f"bench-{{0000..{shards - 1:04d}}}.tar")
+ROWS = {
+    "image-vit-b16-224": Row("image", "vit-b16-224", "jpg", partial(data.photo_jpeg, side=320), 8192, 256),
+    "image-vit-l14-336": Row("image", "vit-l14-336", "jpg", partial(data.photo_jpeg, side=448), 2048, 128),
+    "text-l24-1024": Row("text", "text-l24-1024", "txt", data.caption_txt, 32768, 512, pool=4096),
+    "audio-ast-b16": Row("audio", "ast-b16", "flac", partial(data.tone_flac, seconds=5.0), 2048, 64,
+                         {"seconds": 10.0}, pool=64),
+    "video-vit-b16-224": Row("video", "vit-b16-224", "mp4", partial(data.pan_mp4, width=320, height=240, frames=48),
+                             1024, 32, {"frames": 8}, pool=32),
+    "points-vit-b16-224": Row("points", "vit-b16-224", "npy", partial(data.shape_npy, points=16384), 2048, 64,
+                              {"points": 8192, "views": 6}, pool=64),
+}
+SMALL = {
+    "image-vit-tiny-64": Row("image", "vit-tiny-64", "jpg", partial(data.photo_jpeg, side=96), 1024, 32),
+    "text-tiny": Row("text", "text-tiny", "txt", data.caption_txt, 1024, 64),
+    "audio-ast-tiny": Row("audio", "ast-tiny", "flac", partial(data.tone_flac, seconds=2.0), 256, 16,
+                          {"seconds": 2.0}, pool=32),
+    "video-vit-tiny-64": Row("video", "vit-tiny-64", "mp4", partial(data.pan_mp4, width=96, height=64, frames=16),
+                             256, 8, {"frames": 8}, pool=16),
+    "points-vit-tiny-64": Row("points", "vit-tiny-64", "npy", partial(data.shape_npy, points=4096), 256, 16,
+                              {"points": 2048, "views": 6}, pool=32),
+}
 
 
-def save_tower(folder: Path, vision: dict) -> Path:
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
-
-    torch.manual_seed(0)
-    CLIPVisionModel(CLIPVisionConfig(**vision)).save_pretrained(folder)
-    side = vision["image_size"]
-    CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side}).save_pretrained(folder)
-    return folder
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
-def bare(encoder, batch_size: int, side: int, device: torch.device, seconds: float = 5.0) -> float:
-    """Forward-only samples/s on device-resident preprocessed tensors."""
-    x = {"pixel_values": torch.randn(batch_size, 3, side, side, device=device)}
+def _peak_gb(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def bare(encoder, batch: dict[str, torch.Tensor], device: torch.device, seconds: float) -> float:
+    """Forward-only samples/s on a device-resident preprocessed batch (warm-up excluded)."""
+    from pipeline.encoders.wrappers import COUNTS  # video/points: images per sample
+
+    samples = len(batch[COUNTS]) if COUNTS in batch else len(next(iter(batch.values())))
     amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     def step():
         with torch.inference_mode(), torch.autocast(**amp):
-            encoder.encode(x)
+            encoder.encode(batch)
 
     for _ in range(3):
         step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    _sync(device)
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds or n < 3:
         step()
         n += 1
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return n * batch_size / (time.perf_counter() - t0)
+    _sync(device)
+    return n * samples / (time.perf_counter() - t0)
 
 
-def measure_one(name: str, spec: tuple, device: torch.device, root: Path, workers: int) -> dict[str, Any]:
+def device_batch(encoder, cfg: Any, row: Row, pattern_dir: Path, device: torch.device) -> dict[str, torch.Tensor]:
+    """One batch of the row's own members, decoded and preprocessed as the pipeline does, on the device."""
+    import tarfile
+
+    from pipeline.decode import decode_member
+
+    rate = getattr(cfg, "sample_rate", 0) or encoder.sample_rate
+    items = []
+    with tarfile.open(pattern_dir / "bench-0000.tar") as tar:
+        for info in tar:
+            if len(items) == row.batch_size:
+                break
+            sample = {"__key__": info.name.split(".")[0], row.ext: tar.extractfile(info).read()}
+            items.append(decode_member(sample, row.modality, cfg, rate))
+    while len(items) < row.batch_size:  # a shard smaller than a batch: repeat
+        items += items[:row.batch_size - len(items)]
+    return {k: v.to(device) for k, v in encoder.preprocessor()(items).items()}
+
+
+def measure_row(name: str, row: Row, model_dir: Path, device: torch.device, root: Path, workers: int,
+                threads: int, seconds: float) -> dict[str, Any]:
     from pipeline.encoders.registry import build_encoder
-    from pipeline.manifest import ImageConfig, from_dict
+    from pipeline.manifest import from_dict
     from pipeline.precompute import run
 
-    vision, jpeg_side, n, batch = spec
-    model_dir = save_tower(root / name / "model", vision)
-    shards_dir = root / name / "shards"
-    shards_dir.mkdir(parents=True)
-    pattern = write_shards(shards_dir, n, jpeg_side)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    enc = build_encoder("image", ImageConfig(encoder=f"hf:{model_dir}", batch_size=batch)).to(device)
-    bare_before = bare(enc, batch, vision["image_size"], device)
+    shards = root / name / "shards"
+    pattern = data.write_shards(shards, row.ext, row.member, row.samples, row.pool)
     manifest = from_dict({
         "dataset": {"name": f"bench-{name}", "shards": pattern, "output": str(root / name / "out")},
-        "modalities": {"image": {"encoder": f"hf:{model_dir}", "batch_size": batch}},
+        "modalities": {row.modality: {"encoder": f"hf:{model_dir}", "batch_size": row.batch_size, **row.options}},
         "precompute": {"device": str(device), "num_workers": workers, "precision": "bf16"},
     })
+    cfg = manifest.modalities[row.modality]
+    enc = build_encoder(row.modality, cfg).to(device)
+    batch = device_batch(enc, cfg, row, shards, device)
+    _reset_peak(device)
+    # on the CPU the run leaves its DataLoader workers their cores (fewer intra-op threads), and
+    # with a busy core fewer threads can be faster: the bare figure is the better of the two
+    bare_sps = 0.0
+    for n_threads in sorted({threads, max(1, threads - workers)} if device.type == "cpu" else {threads}):
+        torch.set_num_threads(n_threads)
+        bare_sps = max(bare_sps, bare(enc, batch, device, seconds))
+    torch.set_num_threads(threads)
+    bare_peak = _peak_gb(device)
+    del enc, batch
+    _reset_peak(device)
     summary = run(manifest)
-    # again after the run, with the thread count the run chose: the better of the two is the bare figure
-    bare_sps = max(bare_before, bare(enc, batch, vision["image_size"], device))
-    del enc
+    e2e_peak = _peak_gb(device)
+    counts = summary["counts"][row.modality]
+    if counts.get("ok", 0) != row.samples:
+        raise RuntimeError(f"{name}: {counts} of {row.samples} samples; the bench inputs should all encode")
     loop = summary["ranks"][0]["loop_s"]
-    e2e = summary["counts"]["image"]["ok"] / loop
-    out = {"samples": n, "batch_size": batch, "bare_samples_per_s": bare_sps, "e2e_samples_per_s": e2e,
-           "ratio": e2e / bare_sps, "read_s": summary["read_s"], "wait_s": summary["wait_s"],
-           "encode_s": summary["encode_s"], "write_s": summary["write_s"], "loop_s": loop,
-           "num_workers": summary["ranks"][0].get("num_workers", workers)}
-    if device.type == "cuda":
-        out["peak_gpu_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
-    return out
+    e2e = row.samples / loop
+    return {"modality": row.modality, "encoder": row.model, "samples": row.samples, "batch_size": row.batch_size,
+            "bare_samples_per_s": bare_sps, "e2e_samples_per_s": e2e, "ratio": e2e / bare_sps,
+            "bare_peak_gpu_gb": bare_peak, "e2e_peak_gpu_gb": e2e_peak,
+            "read_s": summary["read_s"], "wait_s": summary["wait_s"], "encode_s": summary["encode_s"],
+            "write_s": summary["write_s"], "loop_s": loop, "num_workers": workers}
 
 
 def measure(small: bool, device: str) -> dict[str, Any]:
-    import os
-
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
     workers = max(1, min(16, (os.cpu_count() or 2) - 1))
-    results = {}
+    threads = torch.get_num_threads()
+    results: dict[str, Any] = {"device": str(dev)}
     with tempfile.TemporaryDirectory(prefix="bench-precompute-") as tmp:
-        for name, spec in (SMALL if small else CONFIGS).items():
+        root, models = Path(tmp), {}
+        for name, row in (SMALL if small else ROWS).items():
+            if row.model not in models:
+                models[row.model] = MODELS[row.model](root / "models" / row.model)
             log.info("precompute bench %s on %s", name, dev)
-            results[name] = measure_one(name, spec, dev, Path(tmp), workers)
-    return {"device": str(dev), **results}
+            results[name] = measure_row(name, row, models[row.model], dev, root, workers, threads,
+                                        seconds=2.0 if small else 5.0)
+    torch.set_num_threads(threads)
+    return results
+
+
+def _gb(value: float | None, width: int) -> str:
+    return f"{value:>{width}.2f}" if value is not None else f"{'-':>{width}}"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--small", action="store_true", help="a CPU-sized tower that runs in a minute")
+    parser.add_argument("--small", action="store_true", help="tiny towers and inputs: minutes on a CPU")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    start = time.perf_counter()
     res = measure(args.small, args.device)
-    print(f"{'encoder':<14}{'bare/s':>10}{'e2e/s':>10}{'ratio':>8}{'peak GB':>9}")
+    print(f"{'row':<22}{'batch':>6}{'bare/s':>10}{'e2e/s':>10}{'ratio':>7}{'bare GB':>9}{'e2e GB':>8}")
     for name, r in res.items():
         if isinstance(r, dict):
-            print(f"{name:<14}{r['bare_samples_per_s']:>10.1f}{r['e2e_samples_per_s']:>10.1f}{r['ratio']:>8.2f}"
-                  f"{r.get('peak_gpu_mem_gb', float('nan')):>9.2f}")
+            print(f"{name:<22}{r['batch_size']:>6}{r['bare_samples_per_s']:>10,.1f}{r['e2e_samples_per_s']:>10,.1f}"
+                  f"{r['ratio']:>7.2f}{_gb(r['bare_peak_gpu_gb'], 9)}{_gb(r['e2e_peak_gpu_gb'], 8)}")
+    print(f"device {res['device']}, wall {time.perf_counter() - start:.0f} s")
     print(json.dumps(res, indent=2))
     return 0
 
