@@ -65,13 +65,14 @@ def write_synthetic_stores(output: Path, n_queries: int, n_pool: int, dim: int, 
     keys = np.array([f"s{i:08d}" for i in range(n_queries)], dtype=object)
     for s in range(0, n_queries, part):
         write_embeddings(embeddings_dir(output, "text") / part_name(f"{s // part:06d}"), list(keys[s:s + part]),
-                         text[s:s + part], metadata={"modality": "text", "dim": dim})
+                         text[s:s + part], metadata={"modality": "text", "dim": dim, "space": "synthetic"})
     for j, m in enumerate(POOLS):
         noisy = text[:n_pool] + noise * _unit_randn(n_pool, dim, 10 + j)
         noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
-        for s in range(0, n_pool, part):
-            write_embeddings(embeddings_dir(output, m) / part_name(f"{s // part:06d}"), list(keys[s:s + part]),
-                             noisy[s:s + part], metadata={"modality": m, "dim": dim})
+        for s in range(0, n_pool, part):  # pool item i is the noisy copy of caption i
+            e = min(s + part, n_pool)
+            write_embeddings(embeddings_dir(output, m) / part_name(f"{s // part:06d}"), list(keys[s:e]),
+                             noisy[s:e], metadata={"modality": m, "dim": dim, "space": "synthetic"})
 
 
 def measure_pair(n_queries: int, n_pool: int, dim: int, device: str) -> dict:

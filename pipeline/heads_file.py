@@ -21,6 +21,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from pipeline.pair_report import atomic_write, atomic_write_text
+
 HEADS_FILE = "heads.safetensors"
 CONFIG_FILE = "config.json"
 
@@ -42,14 +44,18 @@ def head_spec(head: nn.Sequential, space: str) -> dict[str, Any]:
 
 
 def save_heads(run_dir: str | Path, heads: dict[str, nn.Sequential], config: dict[str, Any], space: str) -> None:
-    """Write heads (plain Sequentials, see :func:`plain_head`) and the run config."""
+    """Write heads (plain Sequentials, see :func:`plain_head`) and the run config.
+
+    Each file is written to a temporary name and renamed into place, ``config.json`` last, so a
+    reader never sees half a file (a reader between the two renames sees new heads, old config).
+    """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     tensors = {f"{m}.{k}": v.detach().cpu().float().contiguous() for m, h in heads.items()
                for k, v in h.state_dict().items()}
-    save_file(tensors, str(run_dir / HEADS_FILE), metadata={"format": "bindery-heads-v1", "space": space})
+    atomic_write(run_dir / HEADS_FILE, lambda tmp: save_file(
+        tensors, str(tmp), metadata={"format": "bindery-heads-v1", "space": space}))
     config = {**config, "anchor": space, "heads": {m: head_spec(h, space) for m, h in heads.items()}}
-    (run_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str))
+    atomic_write_text(run_dir / CONFIG_FILE, json.dumps(config, indent=2, default=str))
 
 
 def load_heads(run_dir: str | Path) -> tuple[dict[str, nn.Sequential], dict[str, Any]]:

@@ -26,9 +26,9 @@ import pyarrow.parquet as pq
 from pipeline import knn
 from pipeline.manifest import Manifest, ManifestError
 from pipeline.pair_filters import capped_choice, first_choice, keep_mask
-from pipeline.pair_report import modality_stats, quantiles, write_histogram
+from pipeline.pair_report import atomic_write_text, modality_stats, quantiles, write_histogram
 from pipeline.pair_space import PairInputs, Pool, load_inputs
-from pipeline.store import atomic_write_table
+from pipeline.store import META_PREFIX, atomic_write_table, embeddings_dir, list_parts
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +59,31 @@ def _keys_digest(keys: np.ndarray) -> str:
     return hashlib.sha1("\n".join(keys.tolist()).encode()).hexdigest()
 
 
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _store_fingerprint(manifest: Manifest, pool: Pool) -> dict:
+    """A store's content, cheaply: its encoder digest metadata and its parts' names and sizes."""
+    parts = list_parts(embeddings_dir(manifest.output, pool.modality))
+    return {"n": len(pool.keys), "dim": int(pool.vectors.shape[1]), "keys": _keys_digest(pool.keys),
+            "encoder": pool.metadata.get("encoder"), "digest": pool.metadata.get("digest"),
+            "parts": [[p.name, p.stat().st_size] for p in parts]}
+
+
 def _fingerprint(manifest: Manifest, inputs: PairInputs, engines: dict[str, str], device: str) -> dict:
     """What a chunk's content depends on; chunks written under another fingerprint are discarded."""
     cfg = manifest.pair
-    pools = {m: {"n": len(p.keys), "dim": int(p.vectors.shape[1]), "keys": _keys_digest(p.keys)}
-             for m, p in inputs.targets.items()}
+    heads = Path(manifest.output) / "runs" / cfg.head_run / "heads.safetensors"
     return {"query": cfg.query, "queries": len(inputs.query.keys), "query_keys": _keys_digest(inputs.query.keys),
-            "targets": pools, "k": cfg.k, "engines": engines, "head_run": cfg.head_run,
+            "query_store": _store_fingerprint(manifest, inputs.query),
+            "targets": {m: _store_fingerprint(manifest, p) for m, p in inputs.targets.items()},
+            "k": cfg.k, "engines": engines, "head_run": cfg.head_run,
+            "heads_sha256": _file_sha256(heads) if cfg.head_run else None,
             "query_chunk": cfg.query_chunk, "nprobe": cfg.nprobe, "device": device.split(":")[0]}
 
 
@@ -76,10 +94,7 @@ def _prepare_chunks(chunks_dir: Path, fingerprint: dict) -> None:
         log.info("pair inputs or parameters changed: discarding %d old chunk(s)", len(stale))
         for p in stale:
             p.unlink()
-    chunks_dir.mkdir(parents=True, exist_ok=True)
-    tmp = chunks_dir / ".params.json.tmp"
-    tmp.write_text(json.dumps(fingerprint, indent=1, sort_keys=True))
-    tmp.replace(params)
+    atomic_write_text(params, json.dumps(fingerprint, indent=1, sort_keys=True))
 
 
 def _write_chunk(path: Path, table: pa.Table) -> None:
@@ -164,13 +179,15 @@ def _key_array(pool: Pool) -> pa.Array:
 
 
 def _quintuples(inputs: PairInputs, chosen: dict[str, tuple[np.ndarray, np.ndarray]]) -> pa.Table:
-    """One row per query; a query without a partner in a modality gets nulls there."""
+    """One row per query; a query without a partner in a modality gets nulls there. The Parquet
+    metadata name the query modality and the targets (``bindery.query``, ``bindery.targets``)."""
     cols = {"query_key": _key_array(inputs.query)}
     for m, (tgt, score) in chosen.items():
         ok = tgt >= 0
         cols[f"{m}_key"] = _key_array(inputs.targets[m]).take(pa.array(tgt, pa.int64(), mask=~ok))
         cols[f"{m}_score"] = pa.array(score.astype(np.float32), pa.float32(), mask=~ok)
-    return pa.table(cols)
+    meta = {"query": inputs.query.modality, "targets": list(chosen)}
+    return pa.table(cols).replace_schema_metadata({f"{META_PREFIX}{k}": json.dumps(v) for k, v in meta.items()})
 
 
 def run(manifest: Manifest) -> dict:
@@ -236,7 +253,7 @@ def run(manifest: Manifest) -> dict:
         "timings": {"load_s": round(t_load, 3), **search_info, "filter_s": round(t_filter, 3),
                     "index_s": round(t_index, 3), "total_s": round(time.perf_counter() - t_start, 3)},
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     log.info("pairs written to %s: %d queries, paired per modality %s", out, nq,
              {m: s["paired_queries"] for m, s in stats.items()})
     return summary

@@ -1,7 +1,8 @@
 """Bring the query store and every target store into one retrieval space.
 
-Two stores share a space when neither needs a head and their dims agree (and, when both
-stores' metadata carry a ``space`` key, those agree too). Otherwise a trained run's exported
+Two stores share a space when neither needs a head, their dims agree and their metadata say
+so: the same ``space`` key when both stores carry one, else the same ``encoder`` (CLIP's text
+and image towers are one ``hf:`` spec); equal dims alone prove nothing. Otherwise a trained run's exported
 heads (``<output>/runs/<pair.head_run>/heads.safetensors``, read with
 :mod:`pipeline.heads_file`, never through the trainer) map a store into the run's anchor
 space. Anything else is a configuration error raised before any search starts.
@@ -30,6 +31,7 @@ class Pool:
     vectors: np.ndarray  # (n, dim) float32, L2-normalised
     space: str  # the space's name: a modality (the store's own) or a run's anchor
     projected: bool = False  # mapped by a head of pair.head_run
+    metadata: dict = field(default_factory=dict)  # the store's ``bindery.*`` metadata (first part)
 
 
 @dataclass
@@ -82,7 +84,7 @@ def _to_pool(manifest: Manifest, modality: str, heads: dict, anchor: str | None)
     store = read_store(manifest.output, modality)
     if modality not in heads:
         space = str(store.metadata.get("space", modality))
-        return Pool(modality, store.keys, unit_rows(store.vectors), space)
+        return Pool(modality, store.keys, unit_rows(store.vectors), space, metadata=store.metadata)
     import torch
 
     from pipeline.heads_file import project
@@ -97,7 +99,7 @@ def _to_pool(manifest: Manifest, modality: str, heads: dict, anchor: str | None)
     vectors = np.concatenate(out) if out else np.zeros((0, head[-1].out_features), np.float32)
     log.info("projected %d %s vectors through run %r into the %s space", len(store), modality,
              manifest.pair.head_run, anchor)
-    return Pool(modality, store.keys, unit_rows(vectors), str(anchor), projected=True)
+    return Pool(modality, store.keys, unit_rows(vectors), str(anchor), projected=True, metadata=store.metadata)
 
 
 def _check_shared(query: Pool, target: Pool, head_run: str) -> None:
@@ -116,9 +118,26 @@ def _check_shared(query: Pool, target: Pool, head_run: str) -> None:
         key = "pair.head_run" if head_run else "pair.targets"
         raise ManifestError(f"{key}: the {m} store (dim {dt}) is not in the {query.modality} store's space "
                             f"(dim {dq}); {fix}")
-    if query.space != query.modality and target.space != m and query.space != target.space:
-        raise ManifestError(f"pair.targets: the {m} store says space {target.space!r} but the query store says "
-                            f"{query.space!r}; {fix}")
+    why = _why_not_one_space(query, target)
+    if why:
+        key = "pair.head_run" if head_run else "pair.targets"
+        raise ManifestError(f"{key}: the {m} store ({why[1]}) and the query {query.modality} store ({why[0]}) "
+                            f"have the same dim {dq} but are not one space (equal dims prove nothing); {fix}")
+
+
+def _why_not_one_space(query: Pool, target: Pool) -> tuple[str, str] | None:
+    """None when two unprojected stores' metadata say they share a space, else what each says.
+
+    Both name a ``space``: those must agree. Otherwise the ``encoder`` names must (precompute
+    writes no ``space`` key; CLIP's towers, video through the image tower, share one spec).
+    """
+    sq, st = query.metadata.get("space"), target.metadata.get("space")
+    if sq is not None and st is not None:
+        return None if sq == st else (f"space {sq!r}", f"space {st!r}")
+    eq, et = query.metadata.get("encoder"), target.metadata.get("encoder")
+    if eq is not None and eq == et:
+        return None
+    return f"encoder {eq!r}", f"encoder {et!r}"
 
 
 def load_inputs(manifest: Manifest) -> PairInputs:

@@ -2,7 +2,9 @@
 
 The anchor (text) is random unit vectors; every other modality is a fixed random linear map
 of the anchor plus Gaussian noise, so item ``i`` of every store shares key ``s{i:05d}`` and
-its true partner in any other modality is the item with the same key.
+its true partner in any other modality is the item with the same key. The anchor store and
+its noisy copies (image/video of the anchor's dim) carry ``space = "planted"`` metadata, so
+pairing treats them as one space; the linearly mapped modalities carry no space key.
 """
 
 from __future__ import annotations
@@ -18,6 +20,14 @@ def unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
+SPACE = "planted"
+
+
+def is_copy(m: str, dims: dict[str, int], anchor: str = "text") -> bool:
+    """Whether planted modality ``m`` is a noisy copy of the anchor (shares its space)."""
+    return m in ("image", "video") and dims[m] == dims[anchor]
+
+
 def planted_vectors(n: int, dims: dict[str, int], noise: float = 0.1, seed: int = 0,
                     anchor: str = "text") -> dict[str, np.ndarray]:
     """Unit vectors per modality; ``dims[anchor]`` is the anchor's dim. A modality whose dim
@@ -28,7 +38,7 @@ def planted_vectors(n: int, dims: dict[str, int], noise: float = 0.1, seed: int 
     for m, d in dims.items():
         if m == anchor:
             continue
-        if m in ("image", "video") and d == dims[anchor]:
+        if is_copy(m, dims, anchor):
             mapped = base
         else:
             mapped = base @ rng.standard_normal((dims[anchor], d)) / np.sqrt(dims[anchor])
@@ -51,8 +61,9 @@ def write_planted_stores(output: str | Path, n: int = 500, dims: dict[str, int] 
         keep = np.ones(n, dtype=bool)
         keep[(drop or {}).get(m, [])] = False
         idx = np.flatnonzero(keep)
+        space = {"space": SPACE} if m == "text" or is_copy(m, dims) else {}
         for p, chunk in enumerate(np.array_split(idx, parts)):
             write_embeddings(embeddings_dir(output, m) / part_name(f"{p:06d}"), list(keys[chunk]), vecs[chunk],
                              dtype=dtype, metadata={"encoder": f"planted-{m}", "dim": dims[m], "normalized": True,
-                                                    "modality": m, "dtype": dtype})
+                                                    "modality": m, "dtype": dtype, **space})
     return vectors

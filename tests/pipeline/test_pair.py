@@ -23,9 +23,10 @@ def make_manifest(output, **pair_keys):
 
 
 def write_store(output, modality, keys, vectors, parts=1):
+    """Hand-built stores all declare one space (metadata), as two towers of one encoder would."""
     for p, idx in enumerate(np.array_split(np.arange(len(keys)), parts)):
         write_embeddings(embeddings_dir(output, modality) / part_name(f"{p:06d}"), [keys[i] for i in idx],
-                         np.asarray(vectors)[idx], dtype="float32", metadata={"modality": modality})
+                         np.asarray(vectors)[idx], dtype="float32", metadata={"modality": modality, "space": "hand"})
 
 
 def angles(degrees):
@@ -227,3 +228,115 @@ def test_head_run_maps_a_mismatched_store_into_the_query_space(tmp_path):
     save_heads(tmp_path / "runs" / "wrong", {"audio": bad}, {"run": "wrong"}, space="text")
     with pytest.raises(ManifestError, match="pair.head_run: the audio head of run 'wrong' takes dim 40"):
         pair.run(make_manifest(tmp_path, head_run="wrong"))
+
+
+# ----------------------------------------------------------------------------- review regressions
+
+
+def small_head_stores(tmp_path):
+    keys = [f"k{i:03d}" for i in range(60)]
+    rng = np.random.default_rng(7)
+    write_store(tmp_path, "text", keys, rng.standard_normal((60, 8)))
+    write_store(tmp_path, "image", keys, rng.standard_normal((60, 12)))
+    return keys
+
+
+def export_heads(tmp_path, seed):
+    torch.manual_seed(seed)
+    save_heads(tmp_path / "runs" / "r1", {"image": plain_head([[12, 16], [16, 8]])}, {}, "text")
+
+
+def test_retrained_heads_and_changed_stores_discard_old_chunks(tmp_path):
+    keys = small_head_stores(tmp_path)
+    manifest = make_manifest(tmp_path, head_run="r1", k=3, engine="torch", device="cpu", save_index=False,
+                             query_chunk=25)
+    export_heads(tmp_path, 0)
+    assert pair.run(manifest)["chunks_reused"] == 0
+    assert pair.run(manifest)["chunks_reused"] == 3  # nothing changed: every chunk is reused
+    export_heads(tmp_path, 1)  # the head run is retrained under the same name
+    assert pair.run(manifest)["chunks_reused"] == 0
+    stale_free = read(tmp_path, "neighbors.parquet")
+    import shutil
+
+    shutil.rmtree(tmp_path / "pairs")
+    pair.run(manifest)
+    assert read(tmp_path, "neighbors.parquet") == stale_free
+    # a store re-encoded with another encoder digest (same keys) or rewritten into other parts
+    image = np.random.default_rng(7).standard_normal((60, 12))
+    write_embeddings(embeddings_dir(tmp_path, "image") / part_name("000000"), keys, image, dtype="float32",
+                     metadata={"modality": "image", "digest": "v2"})
+    assert pair.run(manifest)["chunks_reused"] == 0
+    write_store(tmp_path, "text", keys, np.random.default_rng(7).standard_normal((60, 8)), parts=2)
+    assert pair.run(manifest)["chunks_reused"] == 0
+    assert pair.run(manifest)["chunks_reused"] == 3
+
+
+def meta_store(tmp_path, modality, **metadata):
+    write_embeddings(embeddings_dir(tmp_path, modality) / part_name("000000"), ["a", "b", "c"],
+                     np.eye(3, 8), dtype="float32", metadata={"modality": modality, **metadata})
+
+
+def test_equal_dims_from_unrelated_encoders_are_not_one_space(tmp_path):
+    meta_store(tmp_path, "text", encoder="minilm-l6")
+    meta_store(tmp_path, "audio", encoder="whisper-tiny")
+    with pytest.raises(ManifestError, match=r"pair.targets: the audio store \(encoder 'whisper-tiny'\).*"
+                                            r"text store \(encoder 'minilm-l6'\).*pair.head_run.*pair.targets"):
+        pair.run(make_manifest(tmp_path, k=1))
+    meta_store(tmp_path, "audio", encoder="whisper-tiny", space="s1")  # only one side names a space
+    with pytest.raises(ManifestError, match="pair.targets: the audio store"):
+        pair.run(make_manifest(tmp_path, k=1))
+    meta_store(tmp_path, "text", encoder="minilm-l6", space="s2")  # both name a space, and they differ
+    with pytest.raises(ManifestError, match="space 's1'.*space 's2'"):
+        pair.run(make_manifest(tmp_path, k=1))
+    meta_store(tmp_path, "text", encoder="minilm-l6", space="s1")  # both name the same space
+    assert pair.run(make_manifest(tmp_path, k=1))["targets"] == ["audio"]
+    clip = "hf:openai/clip-vit-large-patch14-336"  # CLIP's text and image towers: one encoder spec
+    meta_store(tmp_path, "text", encoder=clip)
+    meta_store(tmp_path, "image", encoder=clip)
+    assert pair.run(make_manifest(tmp_path, k=1, targets=["image"]))["targets"] == ["image"]
+    # with a head run, an unprojected target of another encoder still fails, naming pair.head_run
+    save_heads(tmp_path / "runs" / "r1", {"image": plain_head([[8, 8]])}, {}, "text")
+    with pytest.raises(ManifestError, match="pair.head_run: the audio store"):
+        pair.run(make_manifest(tmp_path, k=1, head_run="r1"))
+
+
+def test_summary_is_replaced_atomically_and_quintuples_name_the_query(tmp_path):
+    from pipeline.store import read_metadata
+
+    write_planted_stores(tmp_path, n=60, dims=SHARED, noise=0.5)
+    pair.run(make_manifest(tmp_path, k=2, save_index=False))
+    path = tmp_path / "pairs" / "summary.json"
+    with path.open() as old:  # a reader of the old summary keeps a whole file while a new one is written
+        before = path.read_text()
+        pair.run(make_manifest(tmp_path, k=3, save_index=False))
+        assert old.read() == before and json.loads(before)["params"]["k"] == 2
+    assert json.loads(path.read_text())["params"]["k"] == 3
+    assert not [p.name for p in path.parent.iterdir() if p.name.startswith(".")]
+    meta = read_metadata(tmp_path / "pairs" / "quintuples.parquet")
+    assert meta["query"] == "text" and meta["targets"] == ["image", "video"]
+
+
+def test_save_heads_replaces_each_file_atomically_config_last(tmp_path, monkeypatch):
+    import os
+
+    from pipeline.heads_file import CONFIG_FILE, HEADS_FILE, load_heads
+
+    run_dir = tmp_path / "runs" / "r1"
+    export_heads(tmp_path, 0)
+    olds = {name: (run_dir / name).open("rb") for name in (HEADS_FILE, CONFIG_FILE)}
+    before = {name: (run_dir / name).read_bytes() for name in olds}
+    replaced, real_replace = [], os.replace
+
+    def record(src, dst):
+        replaced.append(os.path.basename(dst))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", record)
+    save_heads(run_dir, {"image": plain_head([[12, 4]])}, {"v": 2}, "text")
+    assert replaced == [HEADS_FILE, CONFIG_FILE]
+    for name, f in olds.items():
+        assert f.read() == before[name]  # an open reader never sees a half-written file
+        f.close()
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted([HEADS_FILE, CONFIG_FILE])
+    heads, config = load_heads(run_dir)
+    assert heads["image"][0].out_features == 4 and config["v"] == 2
