@@ -73,7 +73,7 @@ def decode_video(data: bytes, ext: str, cfg: Any) -> np.ndarray:
                 raise DecodeError("error", f"video: {stream.width}x{stream.height} exceeds max_pixels={cfg.max_pixels}")
             total = stream.frames or (int(seconds * float(stream.average_rate)) if seconds and stream.average_rate
                                       else 0)
-            frames = _sample_frames(container.decode(stream), total, cfg.frames)
+            frames = _sample_frames(_within(container.decode(stream), cfg.max_seconds), total, cfg.frames)
     except DecodeError:
         raise
     except Exception as exc:
@@ -83,18 +83,42 @@ def decode_video(data: bytes, ext: str, cfg: Any) -> np.ndarray:
     return np.stack(frames)
 
 
+def _within(frames, max_seconds: float):
+    """Decoded video frames, ending in an ``error`` status at the first frame past ``max_seconds``
+    from the first: a clip whose header gives no duration is held to the limit while it decodes."""
+    start = None
+    for frame in frames:
+        if frame.time is not None:
+            start = frame.time if start is None else start
+            if frame.time - start > max_seconds:
+                raise DecodeError("error", f"video: longer than max_seconds={max_seconds} "
+                                           f"(a frame at {frame.time - start:.1f} s)")
+        yield frame
+
+
 def _sample_frames(decoded, total: int, count: int) -> list[np.ndarray]:
     """``count`` frames spread uniformly over the clip, converting only the chosen ones.
 
     With a known frame count only the chosen frames are kept, so a long clip never sits in
     memory; if the container overstated the count, the last frame decoded stands in for the
-    frames past the end. Without a count every frame is kept and sampled at the end.
+    frames past the end. Without a count, every ``stride``-th frame is kept, the stride
+    doubling whenever more than ``4 * count`` are held, and the frames nearest to a uniform
+    spread are taken at the end (exactly the uniform ones for clips of up to ``4 * count`` frames).
     """
     if total <= 0:
-        every = [f.to_ndarray(format="rgb24") for f in decoded]
-        if not every:
+        kept: list[tuple[int, np.ndarray]] = []
+        stride, seen = 1, 0
+        for i, frame in enumerate(decoded):
+            seen = i + 1
+            if i % stride == 0:
+                kept.append((i, frame.to_ndarray(format="rgb24")))
+                if len(kept) > 4 * count:
+                    kept, stride = kept[::2], stride * 2
+        if not kept:
             return []
-        return [every[i] for i in np.linspace(0, len(every) - 1, count).round().astype(int)]
+        index = np.array([i for i, _ in kept])
+        wanted = np.linspace(0, seen - 1, count).round().astype(int)
+        return [kept[int(np.abs(index - w).argmin())][1] for w in wanted]
     wanted = np.linspace(0, total - 1, count).round().astype(int)
     want = set(wanted.tolist())
     picks: dict[int, np.ndarray] = {}
@@ -111,8 +135,9 @@ def _sample_frames(decoded, total: int, count: int) -> list[np.ndarray]:
     return [picks.get(int(i), tail) for i in wanted]
 
 
-def _read_audio(data: bytes) -> tuple[np.ndarray, int]:
-    """(samples, channels) float32 and the rate; soundfile first, PyAV for what it cannot read."""
+def _read_audio(data: bytes, max_seconds: float) -> tuple[np.ndarray, int]:
+    """(samples, channels) float32 and the rate; soundfile first, PyAV for what it cannot read.
+    PyAV decoding stops with an ``error`` status once past ``max_seconds`` (its header may not say)."""
     import soundfile as sf
 
     try:
@@ -125,7 +150,13 @@ def _read_audio(data: bytes) -> tuple[np.ndarray, int]:
     with av.open(io.BytesIO(data)) as container:
         stream = container.streams.audio[0]
         rate = stream.rate
-        chunks = [f.to_ndarray().astype(np.float32) for f in container.decode(stream)]
+        chunks, samples = [], 0
+        for frame in container.decode(stream):
+            samples += frame.samples
+            if samples > max_seconds * rate:
+                raise DecodeError("error", f"audio: longer than max_seconds={max_seconds} "
+                                           f"({samples / rate:.1f} s decoded)")
+            chunks.append(frame.to_ndarray().astype(np.float32))
     if not chunks:
         raise ValueError("no audio frames")
     planar = [c if c.ndim == 2 else c[None] for c in chunks]
@@ -165,7 +196,9 @@ def decode_audio(data: bytes, ext: str, cfg: Any, sample_rate: int) -> np.ndarra
     except Exception:
         pass  # not a soundfile format (mp3/m4a on old libsndfile, ...): PyAV decodes it below
     try:
-        wav, rate = _read_audio(data)
+        wav, rate = _read_audio(data, cfg.max_seconds)
+    except DecodeError:
+        raise
     except Exception as exc:
         raise DecodeError("corrupt", f"audio: cannot decode: {exc}") from None
     if wav.size == 0:

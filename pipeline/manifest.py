@@ -295,6 +295,10 @@ def _check_values(m: Manifest) -> None:
         raise ManifestError("dataset.name: must not be empty")
     if not m.dataset.shards.strip():
         raise ManifestError("dataset.shards: must not be empty; give a brace pattern like data/shard-{000..009}.tar")
+    for part in m.dataset.shards.split("::"):
+        if part.strip().startswith(("http://", "https://", "s3://", "gs://")):
+            raise ManifestError(f"dataset.shards: {part.strip()!r}: URLs are not read directly; stream them with a "
+                                "pipe: command, e.g. 'pipe:curl -s URL' or 'pipe:aws s3 cp URL -'")
     if not m.modalities:
         raise ManifestError(f"modalities: declare at least one of [modalities.<{'|'.join(MODALITIES)}>]")
     for name, mod in m.modalities.items():

@@ -22,30 +22,67 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.encoders.base import Encoder
+from pipeline.encoders.base import Encoder, EncoderError
 from pipeline.encoders.registry import build_encoder
-from pipeline.manifest import Manifest
+from pipeline.manifest import Manifest, ManifestError
 from pipeline.precompute_data import ModalityPlan, ShardDataset, ShardWork
-from pipeline.precompute_outputs import metadata_dir, read_labels, store_counts, write_classes, write_metadata
+from pipeline.precompute_outputs import (
+    metadata_dir,
+    read_faults,
+    read_labels,
+    record_fault,
+    store_counts,
+    write_classes,
+    write_metadata,
+)
 from pipeline.shards import expand_shards, split_by
-from pipeline.store import embeddings_dir, part_name, status_dir, write_embeddings, write_status
+from pipeline.store import (
+    embeddings_dir,
+    part_name,
+    read_metadata,
+    status_dir,
+    write_embeddings,
+    write_status,
+)
 
 log = logging.getLogger(__name__)
 
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def part_done(output: Path, modality: str, shard_id: str) -> bool:
+IDENTITY = ("encoder", "digest", "dtype")  # store metadata that must match for a part to be reused
+
+
+def part_done(output: Path, modality: str, shard_id: str, metadata: dict[str, Any] | None = None) -> bool:
+    """Both parts exist; with ``metadata`` (the current encoder's), the embeddings part must match it."""
     name = part_name(shard_id)
-    return (embeddings_dir(output, modality) / name).exists() and (status_dir(output, modality) / name).exists()
+    emb = embeddings_dir(output, modality) / name
+    if not (emb.exists() and (status_dir(output, modality) / name).exists()):
+        return False
+    if metadata is not None:
+        _check_same_encoder(emb, modality, metadata)
+    return True
 
 
-def plan_work(manifest: Manifest, rank: int, world: int) -> list[ShardWork]:
-    """This rank's shards, each with only what is missing of it."""
+def _check_same_encoder(part: Path, modality: str, metadata: dict[str, Any]) -> None:
+    old = read_metadata(part)
+    diff = [f"{k} {old.get(k)!r} -> {metadata[k]!r}" for k in IDENTITY if old.get(k) != metadata[k]]
+    if diff:
+        raise ManifestError(
+            f"modalities.{modality}.encoder: {part} was made by another encoder ({'; '.join(diff)}); "
+            f"one store must not mix encoders: set a new dataset.output, or delete "
+            f"{embeddings_dir(part.parents[2], modality)} to recompute {modality}")
+
+
+def plan_work(manifest: Manifest, rank: int, world: int,
+              metadata: dict[str, dict[str, Any]] | None = None) -> list[ShardWork]:
+    """This rank's shards, each with only what is missing of it. With ``metadata`` (per modality,
+    the current encoder's store metadata), a finished part made by another encoder is a ManifestError."""
     out = manifest.output
     work = []
     for shard in split_by(expand_shards(manifest.dataset.shards), rank, world):
-        mods = tuple(m for m in manifest.modalities if not part_done(out, m, shard.shard_id))
+        mods = tuple(m for m in manifest.modalities
+                     if not part_done(out, m, shard.shard_id, metadata and metadata.get(m)))
         meta = not (metadata_dir(out) / part_name(shard.shard_id)).exists()
         if mods or meta:
             work.append(ShardWork(shard, mods, meta))
@@ -130,6 +167,13 @@ def _loader(dataset: ShardDataset, manifest: Manifest, world: int, device: torch
 
 def _write_shard(manifest: Manifest, msg: dict, acc: dict, encoders: dict[str, Encoding], stats: dict) -> None:
     out, shard = manifest.output, msg["shard"]
+    record_fault(out, shard, msg["fault"])
+    if msg["fault"]:
+        stats["faults"][shard] = msg["fault"]
+        if not msg["samples"] and not any(msg["status"].values()):
+            # Not one sample read (a missing file, a failing pipe): no parts, so a rerun retries it.
+            log.warning("shard %s could not be read; its parts are left for a rerun", shard)
+            return
     for m, rows in msg["status"].items():
         keys, vecs, bad = acc.pop((shard, m), ([], [], []))
         dim = encoders[m].encoder.dim
@@ -144,21 +188,28 @@ def _write_shard(manifest: Manifest, msg: dict, acc: dict, encoders: dict[str, E
             stats["counts"][m][status] += 1
     if msg["metadata"] is not None:
         write_metadata(out, shard, msg["metadata"])
-    if msg["fault"]:
-        stats["faults"][shard] = msg["fault"]
+
+
+def _build_encoder(modality: str, config: Any) -> Encoder:
+    """The modality's encoder; a configured audio rate must be the encoder's own (0 = the encoder's)."""
+    encoder = build_encoder(modality, config)
+    rate, own = getattr(config, "sample_rate", 0), encoder.sample_rate
+    if rate and own and rate != own:
+        raise EncoderError(f"modalities.{modality}.sample_rate: {encoder.name} takes {own} Hz audio, not {rate}; "
+                           f"set it to 0 (the encoder's rate) or {own}")
+    return encoder
 
 
 def _encode_rank(manifest: Manifest, work: list[ShardWork], device: torch.device, rank: int,
-                 world: int, stats: dict) -> dict[str, Encoding]:
+                 world: int, stats: dict, encoders: dict[str, Encoding]) -> None:
     from tqdm import tqdm
 
-    needed = sorted({m for w in work for m in w.modalities}, key=list(manifest.modalities).index)
-    encoders = {m: Encoding(m, build_encoder(m, manifest.modalities[m]), manifest, device) for m in needed}
+    needed = {m for w in work for m in w.modalities}
     plans = {m: ModalityPlan(manifest.modalities[m], e.encoder.preprocessor(),
                              getattr(manifest.modalities[m], "sample_rate", 0) or e.encoder.sample_rate)
-             for m, e in encoders.items()}
+             for m, e in encoders.items() if m in needed}
     if not work:
-        return encoders
+        return
     handler = manifest.precompute.handler
     loader = _loader(ShardDataset(work, plans, handler), manifest, world, device)
     acc: dict[tuple[str, str], tuple[list, list, list]] = {}
@@ -202,7 +253,6 @@ def _encode_rank(manifest: Manifest, work: list[ShardWork], device: torch.device
         t_wait = time.perf_counter()
     bar.close()
     stats["loop_s"] = time.perf_counter() - t_loop  # reading to last write, models already loaded
-    return encoders
 
 
 def _write_class_names(manifest: Manifest, encoders: dict[str, Encoding], device: torch.device) -> int:
@@ -212,7 +262,7 @@ def _write_class_names(manifest: Manifest, encoders: dict[str, Encoding], device
     labels = read_labels(manifest.output, manifest.eval.label_key)
     if not labels:
         return 0
-    enc = encoders.get("text") or Encoding("text", build_encoder("text", text), manifest, device)
+    enc = encoders.get("text") or Encoding("text", _build_encoder("text", text), manifest, device)
     write_classes(manifest.output, labels, text.class_prompt, lambda t: enc.texts(t, text.batch_size),
                   text.dtype, {**enc.metadata, "label_key": manifest.eval.label_key})
     return len(labels)
@@ -230,15 +280,22 @@ def run(manifest: Manifest) -> dict[str, Any]:
     from accelerate.utils import gather_object
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if manifest.precompute.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ManifestError(f"precompute.device: {manifest.precompute.device!r} but torch sees no CUDA GPU "
+                            f"(torch {torch.__version__}, CUDA build {torch.version.cuda}); "
+                            "use device = \"auto\" or \"cpu\", or run where a GPU is visible")
     want_cpu = manifest.precompute.device == "cpu" or not torch.cuda.is_available()
     state = PartialState(cpu=want_cpu)
     rank, world = state.process_index, state.num_processes
     device = _device(manifest.precompute.device, state)
     t_start = time.perf_counter()
-    work = plan_work(manifest, rank, world)
+    # Every modality's encoder, even with nothing to encode: a finished part is reused only if it
+    # was made by the same encoder (name, weights digest, dtype).
+    encoders = {m: Encoding(m, _build_encoder(m, cfg), manifest, device) for m, cfg in manifest.modalities.items()}
+    work = plan_work(manifest, rank, world, {m: e.metadata for m, e in encoders.items()})
     log.info("rank %d/%d on %s: %d shards with missing parts", rank, world, device, len(work))
     stats = _new_stats(manifest, rank, device)
-    encoders = _encode_rank(manifest, work, device, rank, world, stats)
+    _encode_rank(manifest, work, device, rank, world, stats, encoders)
     stats["wall_s"] = time.perf_counter() - t_start
     stats["counts"] = {m: dict(c) for m, c in stats["counts"].items()}
     all_stats = gather_object([stats]) if world > 1 else [stats]
@@ -273,7 +330,7 @@ def _summary(manifest: Manifest, ranks: list[dict], world: int, classes: int, wa
         "counts": store_counts(manifest.output, list(manifest.modalities)),  # the whole store, every run
         "this_run": {m: {s: sum(r["counts"][m].get(s, 0) for r in ranks) for s in ("ok", "missing", "corrupt", "error")}
                      for m in manifest.modalities},
-        "faults": {k: v for r in ranks for k, v in r["faults"].items()},
+        "faults": read_faults(manifest.output),  # the whole store's, like counts
         "classes": classes,
         "read_s": sum(r["read_s"] for r in ranks),
         "wait_s": sum(r["wait_s"] for r in ranks),

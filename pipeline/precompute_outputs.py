@@ -3,12 +3,17 @@
 * ``<output>/metadata/part-<shard>.parquet`` -- ``key``, ``json`` (the raw json member, "" if none)
 * ``<output>/classes/text.parquet`` -- store format, key = class name, embedding = the text
   encoder on ``class_prompt.format(name)``, L2-normalised
+* ``<output>/faults/<shard>.json`` -- ``{"shard", "error"}``: the shard's last read fault. It
+  outlives the run (a truncated shard's parts are done, so a rerun does not read it again) and
+  goes when the shard is read without one; precompute.json's ``faults`` lists these markers.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +34,35 @@ def metadata_dir(output: str | Path) -> Path:
 
 def classes_path(output: str | Path) -> Path:
     return Path(output) / "classes" / "text.parquet"
+
+
+def faults_dir(output: str | Path) -> Path:
+    return Path(output) / "faults"
+
+
+def record_fault(output: str | Path, shard_id: str, error: str | None) -> None:
+    """Write (atomically) or clear the shard's fault marker."""
+    path = faults_dir(output) / f"{shard_id}.json"
+    if error is None:
+        path.unlink(missing_ok=True)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(json.dumps({"shard": shard_id, "error": error}))
+    os.replace(tmp, path)
+
+
+def read_faults(output: str | Path) -> dict[str, str]:
+    """{shard_id: error} of every fault marker."""
+    folder = faults_dir(output)
+    if not folder.is_dir():
+        return {}
+    faults = {}
+    for path in sorted(folder.glob("*.json")):
+        if not path.name.startswith("."):
+            marker = json.loads(path.read_text())
+            faults[marker["shard"]] = marker["error"]
+    return faults
 
 
 def write_metadata(output: str | Path, shard_id: str, rows: list[tuple[str, str]]) -> None:

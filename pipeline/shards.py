@@ -40,10 +40,20 @@ class ShardFault:
     partial_key: str | None
 
 
+TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+
+
 def _shard_id(url: str) -> str:
-    tail = url[len("pipe:"):].split()[-1] if url.startswith("pipe:") else url
-    name = Path(tail.rstrip("/")).name
-    for suffix in (".tar.gz", ".tgz", ".tar"):
+    """The shard's file name without its tar suffix. For a ``pipe:`` command, the last token
+    naming a tar (a ``?query`` dropped): ``pipe:aws s3 cp s3://b/s-000.tar -`` is ``s-000``."""
+    if url.startswith("pipe:"):
+        tokens = [t.split("?", 1)[0].strip("'\"").rstrip("/") for t in url[len("pipe:"):].split()]
+        tars = [t for t in tokens if t.endswith(TAR_SUFFIXES)]
+        tail = tars[-1] if tars else (tokens[-1] if tokens else "")
+    else:
+        tail = url.rstrip("/")
+    name = Path(tail).name
+    for suffix in TAR_SUFFIXES:
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return name
@@ -104,9 +114,15 @@ class _TailReader:
         return data
 
 
+def safe_name(name: str) -> str:
+    """A member name as valid UTF-8 text: bytes that are not UTF-8 (kept by tarfile as surrogate
+    escapes) become ``\\xNN``, so such a key can be stored instead of crashing the writer."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def split_member(name: str) -> tuple[str, str] | None:
     """(key, extension) of a tar member, or None for members outside any sample."""
-    dirname, base = os.path.split(name)
+    dirname, base = os.path.split(safe_name(name))
     if "." not in base or base.startswith("."):
         return None
     stem, ext = base.split(".", 1)
@@ -125,7 +141,7 @@ def iter_samples(url: str) -> Iterator[dict[str, bytes | str] | ShardFault]:
     fault: str | None = None
     try:
         reader = _TailReader(stream)
-        with tarfile.open(fileobj=reader, mode="r|*") as tar:
+        with tarfile.open(fileobj=reader, mode="r|*", encoding="utf-8", errors="surrogateescape") as tar:
             for member in tar:
                 if not member.isfile():
                     continue

@@ -161,8 +161,16 @@ def read_store(output: str | Path, modality: str) -> Store:
     if not parts:
         raise FileNotFoundError(
             f"no embedding store for {modality!r} under {embeddings_dir(output, modality)}; run `bindery precompute` first")
-    tables = [pq.read_table(p) for p in parts]
     meta = read_metadata(parts[0])
+    same = ("encoder", "digest", "dim")
+    for p in parts[1:]:
+        other = read_metadata(p)
+        if any(other.get(k) != meta.get(k) for k in same):
+            raise ValueError(
+                f"{modality} store under {embeddings_dir(output, modality)} mixes encoders: {parts[0].name} has "
+                f"{ {k: meta.get(k) for k in same} }, {p.name} has { {k: other.get(k) for k in same} }; "
+                "recompute the modality into an empty folder")
+    tables = [pq.read_table(p) for p in parts]
     table = pa.concat_tables(tables)
     keys = np.asarray(table.column("key").to_pylist(), dtype=object)
     return Store(modality, keys, table_vectors(table), meta)

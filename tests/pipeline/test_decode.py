@@ -107,3 +107,71 @@ def test_video_frames_are_the_uniformly_chosen_ones():
     clip = decode_video(buf.getvalue(), "mp4", VideoConfig(encoder="x", frames=4))
     levels = clip.reshape(4, -1).mean(1) / 20
     np.testing.assert_allclose(levels, [0, 3, 6, 9], atol=0.3)
+
+
+class _NoSeek(io.RawIOBase):
+    """A write-only stream: a muxer cannot go back to fill in the duration."""
+
+    def __init__(self):
+        self.buf = bytearray()
+
+    def writable(self):
+        return True
+
+    def seekable(self):
+        return False
+
+    def write(self, b):
+        self.buf += bytes(b)
+        return len(b)
+
+
+def webm_without_duration(frames: int, rate: int = 25) -> bytes:
+    """A VP8 webm whose headers give no duration nor frame count; frame i is flat grey 2*i."""
+    import av
+
+    out = _NoSeek()
+    with av.open(out, mode="w", format="webm") as mux:
+        s = mux.add_stream("libvpx", rate=rate)
+        s.width = s.height = 32
+        s.pix_fmt = "yuv420p"
+        for i in range(frames):
+            f = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 2 * i, np.uint8), format="rgb24")
+            mux.mux(s.encode(f))
+        mux.mux(s.encode())
+    return bytes(out.buf)
+
+
+def test_video_without_duration_is_held_to_max_seconds_and_sampled():
+    import av
+
+    long = webm_without_duration(100)  # 4 s
+    with av.open(io.BytesIO(long)) as c:
+        assert c.duration is None and not c.streams.video[0].frames  # no header shortcut
+    cfg = VideoConfig(encoder="x", frames=4, max_seconds=2.0)
+    assert status_of({"webm": long}, "video", cfg) == "error"
+    clip = decode_video(long, "webm", replace(cfg, max_seconds=10.0))
+    assert clip.shape == (4, 32, 32, 3)
+    grey = clip.reshape(4, -1).mean(axis=1) / 2  # ~ the frame index each pick came from
+    np.testing.assert_allclose(grey, [0, 33, 66, 99], atol=5)
+
+
+def test_pyav_audio_stops_at_max_seconds():
+    import av
+
+    from pipeline.decode import _read_audio
+
+    out = _NoSeek()
+    with av.open(out, mode="w", format="webm") as mux:
+        s = mux.add_stream("libopus", rate=48000)
+        for i in range(150):  # 3 s of 20 ms frames
+            f = av.AudioFrame.from_ndarray(np.zeros((1, 960), np.float32), format="flt", layout="mono")
+            f.sample_rate, f.pts = 48000, i * 960
+            mux.mux(s.encode(f))
+        mux.mux(s.encode())
+    data = bytes(out.buf)
+    with pytest.raises(DecodeError) as exc:
+        _read_audio(data, max_seconds=1.0)
+    assert exc.value.status == "error" and "max_seconds" in str(exc.value)
+    assert status_of({"ogg": data}, "audio", AudioConfig(encoder="x", max_seconds=1.0), sample_rate=16000) == "error"
+    assert decode_audio(data, "webm", AudioConfig(encoder="x", seconds=0.25), 16000).shape == (4000,)

@@ -91,3 +91,12 @@ def test_from_dict_needs_a_modality():
     with pytest.raises(ManifestError, match="^modalities: declare"):
         from_dict(raw)
     assert apply_overrides({}, ["a.b=1"]) == {"a": {"b": 1}}
+
+
+@pytest.mark.parametrize("url", ["https://h/s-{0..1}.tar", "s3://b/s-{0..1}.tar", "gs://b/s.tar",
+                                 "http://h/s.tar"])
+def test_url_shards_are_rejected_with_the_pipe_form(tmp_path, url):
+    with pytest.raises(ManifestError) as exc:
+        load(write(tmp_path, BASE.replace('"shards/s-{000..003}.tar"', f'"{url}"')))
+    assert str(exc.value).startswith("dataset.shards") and "pipe:curl -s URL" in str(exc.value)
+    assert "pipe:aws s3 cp URL -" in str(exc.value)

@@ -294,6 +294,16 @@ def flaky(modality, config):
     return FlakyText()
 
 
+class FixedRateAudio(FlakyText):
+    """A plugin audio encoder that takes 44.1 kHz audio, like the built-in aisfx."""
+
+    modality, name, sample_rate = "audio", "fixed-rate", 44_100
+
+
+def fixed_rate(modality, config):
+    return FixedRateAudio()
+
+
 def test_encoder_failures_and_non_finite_vectors_are_error_rows(tiny_shards, tmp_path):
     one = tiny_shards["pattern"].replace("{000000..000003}", "000000")
     (tmp_path / "m.toml").write_text(f"""
@@ -314,3 +324,85 @@ num_workers = 0
     assert "non-finite" in rows["s0-001"] and "RuntimeError: bird batch" in rows["s0-002"]
     assert sorted(read_store(tmp_path / "out", "text").keys) == ["s0-000", "s0-003", "s0-005"]
     assert "bird batch" in summary["classes_error"] and not (tmp_path / "out" / "classes").exists()
+
+
+def text_manifest(tmp_path: Path, shards: str, encoder: str, extra: str = "") -> Path:
+    """A text-only manifest (the fastest modality) writing to ``tmp_path / "out"``."""
+    path = tmp_path / "text.toml"
+    path.write_text(f"""
+[dataset]
+name = "t"
+shards = "{shards}"
+output = "{tmp_path / 'out'}"
+[modalities.text]
+encoder = "{encoder}"
+[precompute]
+device = "cpu"
+num_workers = 0
+{extra}
+""")
+    return path
+
+
+def test_unreadable_shard_gets_no_parts_and_is_retried(tiny_shards, tiny_clip, tmp_path):
+    one = tiny_shards["pattern"].replace("{000000..000003}", "000000")
+    late = tmp_path / "late-000004.tar"
+    manifest = load(text_manifest(tmp_path, f"{one}::{late}", f"hf:{tiny_clip}"))
+    summary = run(manifest)
+    assert "cannot open" in summary["faults"]["late-000004"]
+    assert "cannot open" in json.loads((tmp_path / "out" / "precompute.json").read_text())["faults"]["late-000004"]
+    assert [p.name for p in list_parts(embeddings_dir(tmp_path / "out", "text"))] == ["part-shard-000000.parquet"]
+    assert not (tmp_path / "out" / "metadata" / "part-late-000004.parquet").exists()
+    shutil.copy(one.replace("000000", "000001"), late)  # the shard comes back
+    summary = run(manifest)
+    assert summary["ranks"][0]["shards"] == ["late-000004"] and summary["faults"] == {}
+    assert summary["this_run"]["text"]["ok"] == 5
+    assert {k for k in read_store(tmp_path / "out", "text").keys if k.startswith("s1-")} == {f"s1-00{i}" for i in range(5)}
+
+
+def test_truncated_shard_fault_persists_across_reruns(tiny_shards, tiny_clip, tmp_path):
+    cut = tiny_shards["pattern"].replace("{000000..000003}", "000002")
+    manifest = load(text_manifest(tmp_path, cut, f"hf:{tiny_clip}"))
+    first = run(manifest)
+    assert "shard-000002" in first["faults"] and first["this_run"]["text"] == {"ok": 2, "missing": 0, "corrupt": 0,
+                                                                                "error": 1}
+    again = run(manifest)
+    assert again["ranks"][0]["shards"] == [] and again["faults"] == first["faults"]
+    assert json.loads((tmp_path / "out" / "precompute.json").read_text())["faults"] == first["faults"]
+
+
+def test_a_changed_encoder_is_not_mixed_into_the_store(tiny_shards, tiny_clip, tmp_path):
+    from pipeline.manifest import ManifestError
+
+    one = tiny_shards["pattern"].replace("{000000..000003}", "000000")
+    two = tiny_shards["pattern"].replace("{000000..000003}", "{000000..000001}")
+    run(load(text_manifest(tmp_path, one, f"hf:{tiny_clip}")))
+    with pytest.raises(ManifestError, match=r"^modalities\.text\.encoder: .*dataset\.output.*embeddings/text"):
+        run(load(text_manifest(tmp_path, two, "tests.pipeline.test_precompute:flaky")))
+    assert [p.name for p in list_parts(embeddings_dir(tmp_path / "out", "text"))] == ["part-shard-000000.parquet"]
+    run(load(text_manifest(tmp_path, two, f"hf:{tiny_clip}")))  # the same encoder resumes
+    assert len(list_parts(embeddings_dir(tmp_path / "out", "text"))) == 2
+
+
+def test_a_sample_rate_the_encoder_does_not_take_is_an_error(tiny_shards, tmp_path):
+    from pipeline.encoders.base import EncoderError
+
+    one = tiny_shards["pattern"].replace("{000000..000003}", "000000")
+    path = text_manifest(tmp_path, one, "tests.pipeline.test_precompute:flaky")
+    path.write_text(path.read_text().replace("[modalities.text]", "[modalities.audio]\nencoder = "
+                                             "\"tests.pipeline.test_precompute:fixed_rate\"\n"
+                                             "sample_rate = 16000\n[modalities.text]"))
+    with pytest.raises(EncoderError, match=r"^modalities\.audio\.sample_rate: fixed-rate takes 44100 Hz"):
+        run(load(path))
+
+
+def test_cuda_device_without_cuda_is_a_manifest_error(tiny_shards, tmp_path, monkeypatch):
+    import torch
+
+    from pipeline.manifest import ManifestError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    one = tiny_shards["pattern"].replace("{000000..000003}", "000000")
+    manifest = load(text_manifest(tmp_path, one, "tests.pipeline.test_precompute:flaky"), ["precompute.device=cuda"])
+    with pytest.raises(ManifestError, match=r"^precompute\.device: 'cuda'"):
+        run(manifest)

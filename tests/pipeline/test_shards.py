@@ -85,3 +85,25 @@ def test_gzipped_tar_reads(tmp_path):
     gz = tmp_path / "s.tar.gz"
     gz.write_bytes(gzip.compress(path.read_bytes()))
     assert [s["__key__"] for s in iter_samples(str(gz))] == ["k0", "k1", "k2"]
+
+
+def test_pipe_shard_ids_take_the_last_tar_token():
+    s3 = expand_shards("pipe:aws s3 cp s3://b/shard-{000..002}.tar -")
+    assert [s.shard_id for s in s3] == ["shard-000", "shard-001", "shard-002"]
+    signed = expand_shards("pipe:curl -s 'https://h/d/s-{0..1}.tar.gz?X-Sig=abc/def' | cat")
+    assert [s.shard_id for s in signed] == ["s-0", "s-1"]
+    assert [s.shard_id for s in expand_shards("pipe:gsutil cat gs://b/x-{0..1}.tgz")] == ["x-0", "x-1"]
+
+
+def test_non_utf8_member_names_become_escaped_keys(tmp_path):
+    import io
+
+    path = tmp_path / "latin.tar"
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT, encoding="latin-1") as tar:
+        for name in ("café.txt", "plain.txt"):
+            info = tarfile.TarInfo(name)
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"x"))
+    keys = [s["__key__"] for s in iter_samples(str(path))]
+    assert keys == ["caf\\xe9", "plain"]
+    assert all(k.encode("utf-8") for k in keys)

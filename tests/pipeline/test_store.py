@@ -55,3 +55,12 @@ def test_read_store_concatenates_parts(tmp_path):
     np.testing.assert_allclose(s.vectors, vectors["audio"], atol=1e-6)
     with pytest.raises(FileNotFoundError, match="bindery precompute"):
         store.read_store(tmp_path, "video")
+
+
+def test_read_store_refuses_parts_from_different_encoders(tmp_path):
+    folder = store.embeddings_dir(tmp_path, "text")
+    one = np.eye(2, 4, dtype=np.float32)
+    store.write_embeddings(folder / "part-a.parquet", ["a0", "a1"], one, metadata={"encoder": "e1", "digest": "d1", "dim": 4})
+    store.write_embeddings(folder / "part-b.parquet", ["b0", "b1"], one, metadata={"encoder": "e2", "digest": "d2", "dim": 4})
+    with pytest.raises(ValueError, match="mixes encoders.*part-b.parquet"):
+        store.read_store(tmp_path, "text")
