@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 import torch
 
 from pipeline.manifest import Manifest, ManifestError
-from pipeline.store import read_store, stored_modalities
+from pipeline.store import embeddings_dir, list_parts, read_metadata, read_store, stored_modalities
 from trainer.stream import MappedStore, store_nbytes
 
 log = logging.getLogger(__name__)
@@ -97,6 +97,25 @@ def _rows(anchor: np.ndarray, mods: list[str], partner: dict[str, np.ndarray] | 
                 {m: np.full(n, -1, np.int64) for m in mods})
 
 
+def check_quintuples_query(path: Path, anchor: str) -> None:
+    """The quintuples' queries must be anchor items: ``bindery.query`` (written by `bindery pair`, the
+    query modality) must equal ``train.anchor``; tables without it are taken as anchor-keyed."""
+    query = read_metadata(path).get("query")
+    if query is not None and query != anchor:
+        raise ManifestError(f"pair.query / train.anchor: {path} pairs {query!r} queries but train.anchor is "
+                            f"{anchor!r}; set train.anchor = {query!r}, or re-run `bindery pair` with "
+                            f"pair.query = {anchor!r}, or set train.use_quintuples = false")
+
+
+def store_signature(output: str | Path, modality: str) -> dict:
+    """What identifies a store's content cheaply: its encoder and encoder digest (the first part's
+    metadata) and its parts' names and sizes; a re-encoded store gets another signature."""
+    parts = list_parts(embeddings_dir(output, modality))
+    meta = read_metadata(parts[0]) if parts else {}
+    return {"encoder": meta.get("encoder"), "digest": meta.get("digest"),
+            "parts": [[p.name, p.stat().st_size] for p in parts]}
+
+
 def quintuple_rows(path: Path, anchor_keys: np.ndarray, stores_keys: dict[str, np.ndarray]) -> Rows:
     """One row per quintuple whose query is in the anchor store; missing partners stay -1."""
     table = pq.read_table(path)
@@ -153,6 +172,27 @@ def triple_rows(path: str, anchor_keys: np.ndarray, stores_keys: dict[str, np.nd
     keep = anchor >= 0
     keep &= np.any([rows.partner[m] >= 0 for m in mods], axis=0) if mods else keep
     return rows.take(keep)
+
+
+def split_rows(rows: Rows, keys: dict[str, np.ndarray], anchor: str, seed: int, fraction: float) -> np.ndarray:
+    """Held-out flag per row (its anchor key's side of :func:`is_val`), masking in place every partner
+    and rated bad partner whose own key sits on the other side (set to -1): evaluate splits each store
+    by its own keys, so no held-out item of any modality is seen in training, nor a training item in
+    a held-out row."""
+    val = is_val(keys[anchor][rows.anchor], seed, fraction)
+    masked = 0
+    for m in rows.partner:
+        for col in (rows.partner[m], rows.bad[m]):
+            used = np.flatnonzero(col >= 0)
+            if not len(used):
+                continue
+            items, inverse = np.unique(col[used], return_inverse=True)  # each store key hashed once
+            other = used[is_val(keys[m][items], seed, fraction)[inverse] != val[used]]
+            col[other] = -1
+            masked += len(other)
+    if masked:
+        log.info("train data: %d partner(s) on the other side of the held-out split masked", masked)
+    return val
 
 
 @dataclass
@@ -295,6 +335,7 @@ def load(manifest: Manifest, device: torch.device | str = "cpu") -> CachedData:
     if t.use_captions:
         parts.append(caption_rows(keys[t.anchor], proj_keys))
     if t.use_quintuples and (out / QUINTUPLES).is_file():
+        check_quintuples_query(out / QUINTUPLES, t.anchor)
         parts.append(quintuple_rows(out / QUINTUPLES, keys[t.anchor], proj_keys))
     if t.triples:
         if not Path(t.triples).is_file():
@@ -304,7 +345,10 @@ def load(manifest: Manifest, device: torch.device | str = "cpu") -> CachedData:
     if not len(rows):
         raise ManifestError("train: no training rows; enable train.use_captions or run `bindery pair` "
                             "to write pairs/quintuples.parquet")
-    val = is_val(keys[t.anchor][rows.anchor], t.seed, t.val_fraction)
+    val = split_rows(rows, keys, t.anchor, t.seed, t.val_fraction)
+    if val.all():
+        raise ManifestError(f"train.val_fraction: {t.val_fraction} holds out all {len(rows)} rows, leaving none "
+                            "to train on; lower it (e.g. 0.1)")
     log.info("train data: %d rows (%d held out) from %d parts, stores %s (%.1f MB)", len(rows), int(val.sum()),
              len(parts), f"on {where}" if where is not None else "streamed from memory-mapped Parquet", nbytes / 1e6)
     where = torch.device("cpu") if where is None else where  # stream: batches are gathered on the host

@@ -25,8 +25,9 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
-from pipeline.heads_file import load_heads, project
+from pipeline.heads_file import HEADS_FILE, load_heads, project
 from pipeline.manifest import Manifest, ManifestError
+from pipeline.pair_report import atomic_write_text
 from pipeline.store import list_parts, read_part, read_store, stored_modalities
 from trainer.data import is_val
 
@@ -182,6 +183,11 @@ def run(manifest: Manifest) -> dict[str, Any]:
     """Evaluate ``[eval] run`` (default ``[train] run``); write and return its metrics."""
     e = manifest.eval
     run_dir = manifest.output / "runs" / (e.run or manifest.train.run)
+    if not (run_dir / HEADS_FILE).is_file():
+        key = "eval.run" if e.run else "eval.run (empty, so train.run)"
+        runs = sorted(p.parent.name for p in (manifest.output / "runs").glob(f"*/{HEADS_FILE}"))
+        raise ManifestError(f"{key}: run {run_dir.name!r} has no exported heads ({run_dir / HEADS_FILE}); "
+                            f"train it with `bindery train` or set eval.run to a trained run ({runs or 'none yet'})")
     space = Space(manifest, run_dir)
     labels = read_labels(manifest.output, e.label_key)
     metrics: dict[str, Any] = recall(space, e.split, e.ks)
@@ -190,7 +196,7 @@ def run(manifest: Manifest) -> dict[str, Any]:
     from trainer.baselines import baselines  # it builds on this module, so it is imported here
 
     metrics["baselines"] = baselines(manifest, space, e.split, e.ks, e.ridge_lambda)
-    (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    atomic_write_text(run_dir / METRICS_FILE, json.dumps(metrics, indent=2))  # readers never see half a file
     log.info("metrics of %s written to %s", run_dir.name, run_dir / METRICS_FILE)
     return metrics
 

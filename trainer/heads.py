@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.heads_file import plain_head
+from pipeline.manifest import ManifestError
 
 
 def make_head(d_in: int, d_out: int, hidden: int = 2048, depth: int = 2, dropout: float = 0.0) -> nn.Sequential:
@@ -53,7 +54,7 @@ class Binder(nn.Module):
         self.anchor, self.modalities, self.max_scale = anchor, list(modalities), max_scale
         out = out_dim or dims[anchor]
         if out != dims[anchor]:
-            raise ValueError(f"train.out_dim: {out} differs from the anchor's dim {dims[anchor]}; "
+            raise ManifestError(f"train.out_dim: {out} differs from the anchor's dim {dims[anchor]}; "
                              "heads map into the anchor space, so leave it 0")
         self.heads = nn.ModuleDict({m: make_head(dims[m], out, hidden, depth, dropout) for m in modalities})
         self.logit_scale = nn.Parameter(torch.tensor(math.log(init_scale)))

@@ -24,7 +24,8 @@ import torch
 from tqdm import tqdm
 
 from pipeline.manifest import Manifest
-from trainer.data import CachedData, load
+from pipeline.pair_report import atomic_write_text
+from trainer.data import CachedData, load, store_signature
 from trainer.export import export
 from trainer.heads import Binder
 from trainer.losses import make_loss
@@ -62,12 +63,15 @@ def latest_checkpoint(folder: Path) -> Path | None:
 
 
 def run_fingerprint(manifest: Manifest, data: CachedData) -> str:
-    """What a checkpoint must match to be resumed: the [train] section and the training rows.
-    A second round with new quintuples (same run name) therefore starts afresh instead of
-    resuming the finished first round."""
+    """What a checkpoint must match to be resumed: the [train] section, the training rows, and each
+    used store's dim, encoder digest and part names and sizes. A second round with new quintuples
+    (same run name), or a store re-encoded (another encoder or dim), therefore starts afresh instead
+    of resuming the finished first round (or failing to load heads of another shape)."""
     rows = data.rows
     digest = hashlib.blake2b(digest_size=16)
     digest.update(json.dumps(manifest.to_dict()["train"], sort_keys=True, default=str).encode())
+    stores = {m: {**store_signature(manifest.output, m), "dim": dim} for m, dim in data.dims().items()}
+    digest.update(json.dumps(stores, sort_keys=True).encode())
     for arr in (rows.anchor, data.train_idx, *rows.partner.values(), *rows.weight.values(), *rows.bad.values()):
         digest.update(np.ascontiguousarray(arr).tobytes())
     return digest.hexdigest()
@@ -150,8 +154,9 @@ def run(manifest: Manifest, stop_after_steps: int | None = None) -> dict[str, An
     def checkpoint(at: int) -> None:
         path = ckpt_dir / f"step_{at:08d}"
         accelerator.save_state(str(path))
+        accelerator.wait_for_everyone()  # every rank's part is on disk before the checkpoint is marked complete
         if accelerator.is_main_process:
-            (path / STATE_FILE).write_text(json.dumps({"step": at, "total": total, "fingerprint": fingerprint}))
+            atomic_write_text(path / STATE_FILE, json.dumps({"step": at, "total": total, "fingerprint": fingerprint}))
             for old in ckpt_dir.glob("step_*"):
                 if old != path:
                     shutil.rmtree(old, ignore_errors=True)

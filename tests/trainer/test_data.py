@@ -13,10 +13,11 @@ import torch
 from safetensors.torch import load_file
 
 from pipeline.manifest import ManifestError
+from pipeline.store import META_PREFIX
 from tests.planted import write_planted_stores
 from tests.trainer.conftest import DIMS, make_manifest, write_quintuples
 from trainer import train
-from trainer.data import load
+from trainer.data import is_val, load
 from trainer.stream import MappedStore
 from trainer.train import epoch_blocks, make_batch, train_rows
 
@@ -61,7 +62,8 @@ def test_triples_good_partial_bad(tmp_path):
                              "modality": ["audio", "audio", "points", "audio"],
                              "target_key": ["s00003", "s00004", "s00006", "s00007"],
                              "label": ["good", "bad", "partial", "good"]}), path)
-    base = {"use_captions": False, "use_quintuples": False, "triples": str(path)}
+    # val_fraction ~0: every key on the training side (the split's masking is tested below)
+    base = {"use_captions": False, "use_quintuples": False, "triples": str(path), "val_fraction": 1e-9}
     dropped = load(make_manifest(tmp_path, **base))
     assert len(dropped.rows) == 2  # the partial row is dropped
     soft = load(make_manifest(tmp_path, **base, partial="soft", partial_weight=0.25))
@@ -89,6 +91,66 @@ def test_split_holds_out_rows_by_anchor_key(tmp_path):
     assert np.array_equal(data.val_idx, again.val_idx)
     assert 0.2 < len(data.val_idx) / len(data.rows) < 0.4
     assert not set(data.train_idx) & set(data.val_idx)
+
+
+def test_no_training_row_references_a_held_out_item_in_any_modality(tmp_path):
+    """evaluate splits every store by its own keys, so a training row may pair with (and a rated bad
+    partner may be) only training-side items, and a held-out row only held-out ones; quintuples
+    and triples pair across keys, so the rows' partners are masked to the anchor's side."""
+    n = 300
+    write_planted_stores(tmp_path, n=n, dims=DIMS)
+    keys = [f"s{i:05d}" for i in range(n)]
+    write_quintuples(tmp_path, keys, {"audio": [keys[(i + 1) % n] for i in range(n)],
+                                      "points": [keys[(i + 7) % n] for i in range(n)]})
+    triples = tmp_path / "triples.parquet"
+    pq.write_table(pa.table({"query_key": [*keys[:100], *keys[:100]], "modality": ["audio"] * 200,
+                             "target_key": [*keys[3:103], *keys[50:150]], "label": ["good"] * 100 + ["bad"] * 100}),
+                   triples)
+    frac = 0.3
+    data = load(make_manifest(tmp_path, val_fraction=frac, triples=str(triples)))
+    rows = data.rows
+    assert data.has_bad("audio")
+    for side, idx in ((False, data.train_idx), (True, data.val_idx)):
+        assert (is_val(data.keys["text"][rows.anchor[idx]], 0, frac) == side).all()
+        for m in data.modalities:
+            for col in (rows.partner[m], rows.bad[m]):
+                j = col[idx]
+                partner_keys = data.keys[m][j[j >= 0]]
+                assert (is_val(partner_keys, 0, frac) == side).all(), (side, m)
+    for m in data.modalities:  # cross-key partners remain on both sides (the masking is not all-or-nothing)
+        j = rows.partner[m][data.train_idx]
+        cross = data.keys[m][j[j >= 0]] != data.keys["text"][rows.anchor[data.train_idx][j >= 0]]
+        assert cross.sum() > 50, m
+    # the batches the trainer gathers hold no held-out vector either
+    batch = data.batch(torch.as_tensor(data.train_idx), torch.device("cpu"))
+    for m in data.modalities:
+        j = rows.partner[m][data.train_idx]
+        assert batch[f"{m}_mask"].numpy().tolist() == (j >= 0).tolist()
+
+
+def test_quintuples_of_another_query_modality_are_a_config_error(tmp_path):
+    """`bindery pair` records its query modality as ``bindery.query``; quintuples whose queries are
+    not anchor items must not be joined as if they were."""
+    write_planted_stores(tmp_path, n=20, dims=DIMS)
+    path = write_quintuples(tmp_path, ["s00000", "s00001"], {"points": ["s00005", "s00009"]})
+
+    def tag(query: str) -> None:
+        table = pq.read_table(path)
+        pq.write_table(table.replace_schema_metadata({f"{META_PREFIX}query": f'"{query}"'}), path)
+
+    tag("audio")
+    with pytest.raises(ManifestError, match=r"pair\.query / train\.anchor.*'audio'.*'text'"):
+        load(make_manifest(tmp_path, use_captions=False))
+    assert len(load(make_manifest(tmp_path, use_quintuples=False)).rows) == 20  # quintuples off: not read
+    tag("text")
+    assert len(load(make_manifest(tmp_path, use_captions=False)).rows) == 2
+
+
+def test_val_fraction_holding_out_every_row_is_a_config_error(tmp_path):
+    write_planted_stores(tmp_path, n=50, dims=DIMS)
+    assert not (~is_val([f"s{i:05d}" for i in range(50)], 0, 0.9999)).any()  # every key held out
+    with pytest.raises(ManifestError, match=r"train\.val_fraction"):
+        load(make_manifest(tmp_path, val_fraction=0.9999))
 
 
 def small_row_groups(output, rows: int = 16) -> None:

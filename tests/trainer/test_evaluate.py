@@ -109,6 +109,39 @@ def test_zero_shot_and_eshot_match_a_reference_with_perfect_heads(tmp_path):
     assert metrics["eshot"]["audio:points"]["n"] == int(val.sum())
 
 
+def test_unknown_eval_run_is_a_manifest_error(tmp_path):
+    from pipeline.manifest import ManifestError
+
+    write_planted_stores(tmp_path, n=40, dims=DIMS)
+    manifest = make_manifest(tmp_path)
+    for run, key in (("nope", r"eval\.run: run 'nope'"), ("", r"eval\.run \(empty, so train\.run\): run 'default'")):
+        m = dataclasses.replace(manifest, eval=dataclasses.replace(manifest.eval, run=run))
+        with pytest.raises(ManifestError, match=key):
+            evaluate.run(m)
+
+
+def test_metrics_file_is_replaced_atomically(tmp_path, monkeypatch):
+    """A crash while metrics.json is written leaves the previous file whole (and no temporary file)."""
+    dims = {"text": 16, "audio": 16, "points": 16}
+    write_planted_stores(tmp_path, n=60, dims=dims)
+    manifest = make_manifest(tmp_path, run="identity")
+    identity_run(manifest, 16)
+    metrics = tmp_path / "runs" / "identity" / "metrics.json"
+    metrics.write_text('{"old": true}')
+
+    def crash(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("os.replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        evaluate.run(manifest)
+    assert json.loads(metrics.read_text()) == {"old": True}
+    assert sorted(p.name for p in metrics.parent.iterdir()) == ["config.json", "heads.safetensors", "metrics.json"]
+    monkeypatch.undo()
+    fresh = evaluate.run(manifest)  # and without the crash it is replaced
+    assert json.loads(metrics.read_text()) == fresh and "text->audio" in fresh
+
+
 def test_metrics_file_format(labelled):
     manifest, metrics, _, _ = labelled
     on_disk = json.loads((manifest.output / "runs/default/metrics.json").read_text())

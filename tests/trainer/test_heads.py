@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
+from pipeline.manifest import ManifestError
 from trainer.heads import Binder, make_head, to_plain
 
 
@@ -35,3 +37,9 @@ def test_binder_projects_normalises_and_passes_anchor_through():
     with torch.no_grad():
         binder.logit_scale.fill_(10.0)
     assert binder.scale().item() == 100.0  # clamped
+
+
+def test_out_dim_other_than_the_anchor_dim_is_a_manifest_error():
+    with pytest.raises(ManifestError, match=r"train\.out_dim: 5 differs from the anchor's dim 6"):
+        Binder({"text": 6, "audio": 4}, "text", ["audio"], hidden=8, out_dim=5)
+    assert Binder({"text": 6, "audio": 4}, "text", ["audio"], hidden=8, out_dim=6).heads["audio"][-1].out_features == 6

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from tests.launch import torchrun
-from tests.trainer.conftest import make_manifest
+from tests.trainer.conftest import DIMS, make_manifest
 from trainer import evaluate, train
 from trainer.data import is_val
 
@@ -103,10 +105,90 @@ def test_new_round_with_new_pairs_does_not_resume_the_old_one(planted):
     assert again["resumed_from_step"] == again["steps"] == second["steps"]
 
 
+def reencode(output, modality: str, dim: int, digest: str, seed: int = 1) -> None:
+    """Replace a store with another encoder's vectors for the same keys (same part names)."""
+    from pipeline.store import embeddings_dir, list_parts, read_part, write_embeddings
+
+    for part in list_parts(embeddings_dir(output, modality)):
+        keys = list(read_part(part).keys)
+        vectors = np.random.default_rng(seed).standard_normal((len(keys), dim))
+        write_embeddings(part, keys, vectors, dtype="float32",
+                         metadata={"encoder": f"other-{modality}", "digest": digest, "dim": dim, "modality": modality})
+
+
+def test_re_encoded_store_starts_a_fresh_run(planted):
+    """Same keys, same run name, same config: a store re-encoded by another encoder (same dim) or
+    with another dim must not resume the old checkpoint (nor fail loading heads of another shape)."""
+    output, _ = planted
+    first = train.run(make_manifest(output, epochs=1))
+    assert train.run(make_manifest(output, epochs=1))["resumed_from_step"] == first["steps"]  # unchanged: resumed
+    reencode(output, "audio", 24, digest="aaaa")  # another encoder, same dim
+    assert train.run(make_manifest(output, epochs=1))["resumed_from_step"] == 0
+    reencode(output, "audio", 24, digest="bbbb")  # same files' names and dim, another digest
+    assert train.run(make_manifest(output, epochs=1))["resumed_from_step"] == 0
+    reencode(output, "audio", 20, digest="bbbb")  # another dim: no "size mismatch" on load_state
+    again = train.run(make_manifest(output, epochs=1))
+    assert again["resumed_from_step"] == 0 and again["steps"] == first["steps"]
+
+
+def test_checkpoint_is_marked_complete_only_after_every_rank_saved(planted, monkeypatch):
+    """save_state, then wait_for_everyone, and only then the main process writes the state file that
+    marks the checkpoint complete (and deletes the older one): a rank still writing its part must
+    not leave a 'complete' checkpoint behind."""
+    from accelerate import Accelerator
+
+    output, _ = planted
+    events: list[tuple[str, bool]] = []
+    saved: list[Path] = []
+    save, wait = Accelerator.save_state, Accelerator.wait_for_everyone
+
+    def save_state(self, path, *args, **kwargs):
+        out = save(self, path, *args, **kwargs)
+        saved.append(Path(path))
+        events.append(("save", (Path(path) / train.STATE_FILE).exists()))
+        return out
+
+    def wait_for_everyone(self):
+        events.append(("wait", bool(saved) and (saved[-1] / train.STATE_FILE).exists()))
+        return wait(self)
+
+    monkeypatch.setattr(Accelerator, "save_state", save_state)
+    monkeypatch.setattr(Accelerator, "wait_for_everyone", wait_for_everyone)
+    train.run(make_manifest(output, epochs=2, checkpoint_every=3))
+    assert len(saved) >= 2
+    for i, (name, _) in enumerate(events):
+        if name == "save":  # the next barrier comes before the state file exists
+            assert events[i + 1] == ("wait", False), events
+    ckpts = list((output / "runs/default/checkpoints").glob("step_*"))
+    assert [p.name for p in ckpts] == [saved[-1].name] and (ckpts[0] / train.STATE_FILE).is_file()
+
+
+def cli_manifest(output: Path) -> Path:
+    """The conftest manifest as a TOML file, for the CLI."""
+    mods = "".join(f'[modalities.{m}]\nencoder = "planted-{m}"\n' for m in DIMS)
+    path = output / "m.toml"
+    path.write_text(f'[dataset]\nname = "planted"\nshards = "unused-{{0..1}}.tar"\noutput = "{output}"\n{mods}'
+                    '[train]\nhidden = 64\nepochs = 1\nbatch_size = 64\n')
+    return path
+
+
+@pytest.mark.parametrize("command, override", [("train", "train.out_dim=5"), ("train", "train.val_fraction=0.9999"),
+                                               ("eval", "eval.run=nope")])
+def test_bad_config_values_exit_2_naming_the_key(planted, capsys, command, override):
+    """Config errors found while training or evaluating are ManifestErrors: the CLI prints the key and
+    exits 2 instead of a traceback (heads.py ValueError, IndexError with no training rows,
+    FileNotFoundError of a run without heads)."""
+    from pipeline.cli import main
+
+    output, _ = planted
+    assert main([command, str(cli_manifest(output)), "--set", override]) == 2
+    assert f"bindery {command}: error: {override.split('=')[0]}" in capsys.readouterr().err
+
+
 DDP_SCRIPT = r'''
 import json, os, sys
 from pathlib import Path
-from tests.trainer.conftest import make_manifest
+from tests.trainer.conftest import DIMS, make_manifest
 from trainer import train
 out = Path(sys.argv[1])
 summary = train.run(make_manifest(out, epochs=2, batch_size=64, run="ddp"))
