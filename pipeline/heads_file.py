@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from pipeline.pair_report import atomic_write, atomic_write_text
+from pipeline.store import atomic_write, atomic_write_text
 
 HEADS_FILE = "heads.safetensors"
 CONFIG_FILE = "config.json"

@@ -26,9 +26,9 @@ import pyarrow.parquet as pq
 from pipeline import knn
 from pipeline.manifest import Manifest, ManifestError
 from pipeline.pair_filters import capped_choice, first_choice, keep_mask
-from pipeline.pair_report import atomic_write_text, modality_stats, quantiles, write_histogram
+from pipeline.pair_report import modality_stats, quantiles, write_histogram
 from pipeline.pair_space import PairInputs, Pool, load_inputs
-from pipeline.store import META_PREFIX, atomic_write_table, embeddings_dir, list_parts
+from pipeline.store import META_PREFIX, atomic_write_table, atomic_write_text, embeddings_dir, list_parts
 
 log = logging.getLogger(__name__)
 

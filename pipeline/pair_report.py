@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import logging
-import os
-import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from pipeline.store import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -67,21 +66,3 @@ def write_histogram(path: Path, modality: str, query: str, raw_top1: np.ndarray,
         atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     finally:
         plt.close(fig)
-
-
-def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Call ``write(tmp)`` on a hidden temporary file next to ``path``, then rename it onto ``path``,
-    so a reader sees the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text))

@@ -37,6 +37,7 @@ from pipeline.precompute_outputs import (
 )
 from pipeline.shards import expand_shards, split_by
 from pipeline.store import (
+    atomic_write_text,
     embeddings_dir,
     part_name,
     read_metadata,
@@ -312,11 +313,8 @@ def run(manifest: Manifest) -> dict[str, Any]:
     summary = _summary(manifest, all_stats, world, classes, time.perf_counter() - t_start)
     if classes_error:
         summary["classes_error"] = classes_error
-    path = manifest.output / "precompute.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".precompute.json.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, path)  # concurrent runs over shard slices (a Slurm array) never leave half a file
+    # atomic: concurrent runs over shard slices (a Slurm array) never leave half a file
+    atomic_write_text(manifest.output / "precompute.json", json.dumps(summary, indent=2))
     log.info("precompute done: %s", json.dumps(summary["counts"]))
     return summary
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.store import atomic_write_table, list_parts, part_name, read_status, write_embeddings
+from pipeline.store import (
+    atomic_write_table,
+    atomic_write_text,
+    list_parts,
+    part_name,
+    read_status,
+    write_embeddings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +51,7 @@ def record_fault(output: str | Path, shard_id: str, error: str | None) -> None:
     if error is None:
         path.unlink(missing_ok=True)
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps({"shard": shard_id, "error": error}))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps({"shard": shard_id, "error": error}))
 
 
 def read_faults(output: str | Path) -> dict[str, str]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,19 +44,30 @@ def part_name(shard_id: str) -> str:
     return f"part-{shard_id}.parquet"
 
 
-def atomic_write_table(table: pa.Table, path: Path) -> None:
-    """Write ``table`` to ``path`` through a temporary file and an atomic rename."""
+def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
+    """Call ``write(tmp)`` on a hidden temporary file next to ``path``, then rename it onto ``path``,
+    so a reader sees the old file or the new one, never half of one."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        # Dictionary-encode only low-cardinality label columns: on float16 vectors and unique
-        # keys it made writes ~3x slower and files larger (measured by bench/publish.py).
-        labels = [c for c in ("modality", "status") if c in table.column_names]
-        pq.write_table(table, tmp, compression="zstd", use_dictionary=labels or False)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def atomic_write_table(table: pa.Table, path: Path) -> None:
+    """Write ``table`` to ``path`` through a temporary file and an atomic rename."""
+    # Dictionary-encode only low-cardinality label columns: on float16 vectors and unique
+    # keys it made writes ~3x slower and files larger (measured by bench/publish.py).
+    labels = [c for c in ("modality", "status") if c in table.column_names]
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd", use_dictionary=labels or False))
 
 
 def embedding_schema(dim: int, dtype: str, metadata: Mapping[str, Any] | None = None) -> pa.Schema:

@@ -27,8 +27,7 @@ import torch.nn.functional as F
 
 from pipeline.heads_file import HEADS_FILE, load_heads, project
 from pipeline.manifest import Manifest, ManifestError
-from pipeline.pair_report import atomic_write_text
-from pipeline.store import list_parts, read_part, read_store, stored_modalities
+from pipeline.store import atomic_write_text, list_parts, read_part, read_store, stored_modalities
 from trainer.data import is_val
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from pipeline.manifest import Manifest
-from pipeline.pair_report import atomic_write_text
+from pipeline.store import atomic_write_text
 from trainer.data import CachedData, load, store_signature
 from trainer.export import export
 from trainer.heads import Binder
