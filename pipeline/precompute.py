@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.encoders.base import Encoder, EncoderError
+from pipeline.encoders.base import Encoder
 from pipeline.encoders.registry import build_encoder
 from pipeline.manifest import Manifest, ManifestError
 from pipeline.precompute_data import ModalityPlan, ShardDataset, ShardWork
@@ -191,16 +191,6 @@ def _write_shard(manifest: Manifest, msg: dict, acc: dict, encoders: dict[str, E
         write_metadata(out, shard, msg["metadata"])
 
 
-def _build_encoder(modality: str, config: Any) -> Encoder:
-    """The modality's encoder; a configured audio rate must be the encoder's own (0 = the encoder's)."""
-    encoder = build_encoder(modality, config)
-    rate, own = getattr(config, "sample_rate", 0), encoder.sample_rate
-    if rate and own and rate != own:
-        raise EncoderError(f"modalities.{modality}.sample_rate: {encoder.name} takes {own} Hz audio, not {rate}; "
-                           f"set it to 0 (the encoder's rate) or {own}")
-    return encoder
-
-
 def _encode_rank(manifest: Manifest, work: list[ShardWork], device: torch.device, rank: int,
                  world: int, stats: dict, encoders: dict[str, Encoding]) -> None:
     from tqdm import tqdm
@@ -263,7 +253,7 @@ def _write_class_names(manifest: Manifest, encoders: dict[str, Encoding], device
     labels = read_labels(manifest.output, manifest.eval.label_key)
     if not labels:
         return 0
-    enc = encoders.get("text") or Encoding("text", _build_encoder("text", text), manifest, device)
+    enc = encoders.get("text") or Encoding("text", build_encoder("text", text), manifest, device)
     write_classes(manifest.output, labels, text.class_prompt, lambda t: enc.texts(t, text.batch_size),
                   text.dtype, {**enc.metadata, "label_key": manifest.eval.label_key})
     return len(labels)
@@ -292,7 +282,7 @@ def run(manifest: Manifest) -> dict[str, Any]:
     t_start = time.perf_counter()
     # Every modality's encoder, even with nothing to encode: a finished part is reused only if it
     # was made by the same encoder (name, weights digest, dtype).
-    encoders = {m: Encoding(m, _build_encoder(m, cfg), manifest, device) for m, cfg in manifest.modalities.items()}
+    encoders = {m: Encoding(m, build_encoder(m, cfg), manifest, device) for m, cfg in manifest.modalities.items()}
     work = plan_work(manifest, rank, world, {m: e.metadata for m, e in encoders.items()})
     log.info("rank %d/%d on %s: %d shards with missing parts", rank, world, device, len(work))
     stats = _new_stats(manifest, rank, device)

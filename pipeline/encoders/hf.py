@@ -139,10 +139,7 @@ def build(modality: str, config: Any) -> Encoder:
             info["max_length"] = max_len
         else:
             ext = tf.AutoFeatureExtractor.from_pretrained(path)
-            rate = int(ext.sampling_rate)
-            if config.sample_rate and config.sample_rate != rate:
-                raise EncoderError(f"modalities.audio.sample_rate: {name} takes {rate} Hz audio, not "
-                                   f"{config.sample_rate}; set it to 0 (the encoder's rate) or {rate}")
+            rate = int(ext.sampling_rate)  # a different configured rate is refused by build_encoder
             pre, example = AudioPreprocessor(ext, rate), np.zeros(rate, dtype=np.float32)
             info["sample_rate"] = rate
     except EncoderError:

