@@ -71,11 +71,11 @@ verify dir:
 # build the held-out real benchmark from Debian packages (needs root for apt-get) -> bench-data/
 bench-data:
     apt-get update -qq && apt-get install -y -qq tuxpaint-stamps-default asterisk-core-sounds-en-wav asterisk-core-sounds-en inventor-data inventor-clients espeak-ng
-    {{venv}}/python -m pipeline.demo_data --bench --out bench-data
+    {{venv}}/python -m pipeline.demo.build --bench --out bench-data
 
 # rebuild the shipped demo shards (byte-identical) -> data/demo/
 demo-data:
-    {{venv}}/python -m pipeline.demo_data --out data/demo
+    {{venv}}/python -m pipeline.demo.build --out data/demo
 
 # retrieval quality on the real held-out benchmark: heads vs ridge vs chance (needs just bench-data)
 bench-quality *args:

@@ -38,7 +38,7 @@ def measure_search(n_targets: int, dim: int, n_queries: int, device: str) -> dic
     """Queries/s of the torch engine (after one warm-up call), pool resident on the device."""
     import torch
 
-    from pipeline.knn import TorchSearcher
+    from pipeline.pair.knn import TorchSearcher
 
     targets = _unit_randn(n_targets, dim, 0)
     queries = _unit_randn(n_queries, dim, 1)
@@ -58,7 +58,7 @@ def measure_search(n_targets: int, dim: int, n_queries: int, device: str) -> dic
 
 def write_synthetic_stores(output: Path, n_queries: int, n_pool: int, dim: int, noise: float = 0.5) -> None:
     """Captions = random unit vectors; every pool holds noisy copies of the first ``n_pool`` captions."""
-    from pipeline.store import embeddings_dir, part_name, write_embeddings
+    from pipeline.core.store import embeddings_dir, part_name, write_embeddings
 
     text = _unit_randn(n_queries, dim, 2)
     part = 250_000
@@ -79,8 +79,8 @@ def measure_pair(n_queries: int, n_pool: int, dim: int, device: str) -> dict:
     """A whole `bindery pair` run (k=16, max_uses=4) on synthetic stores, timed end to end."""
     import pyarrow.parquet as pq
 
-    from pipeline import pair
-    from pipeline.manifest import from_dict
+    from pipeline.core.manifest import from_dict
+    from pipeline.pair import stage as pair
 
     with tempfile.TemporaryDirectory(prefix="bench-pair-") as tmp:
         t0 = time.perf_counter()

@@ -5,7 +5,7 @@ For every row (a modality and an encoder):
 * bare: one preprocessed batch already on the device (the encoder's own preprocessor over
   decoded members of the row's shards), encoder forward only, bf16 autocast on CUDA,
   warm-up excluded, CUDA synchronised; the same batch size as the end-to-end run;
-* end to end: ``pipeline.precompute.run`` over tar shards of real-looking members (decode in
+* end to end: ``pipeline.precompute.stage.run`` over tar shards of real-looking members (decode in
   the DataLoader workers, preprocess, device transfer, encode, normalise, Parquet writes),
   timed from the first read to the last write (``ranks[0].loop_s``; model loading excluded);
 * their ratio, and the peak GPU memory of each (``null`` off CUDA).
@@ -135,7 +135,7 @@ def device_batch(encoder, cfg: Any, row: Row, pattern_dir: Path, device: torch.d
     """One batch of the row's own members, decoded and preprocessed as the pipeline does, on the device."""
     import tarfile
 
-    from pipeline.decode import decode_member
+    from pipeline.ingest.decode import decode_member
 
     rate = getattr(cfg, "sample_rate", 0) or encoder.sample_rate
     items = []
@@ -152,9 +152,9 @@ def device_batch(encoder, cfg: Any, row: Row, pattern_dir: Path, device: torch.d
 
 def measure_row(name: str, row: Row, model_dir: Path, device: torch.device, root: Path, workers: int,
                 threads: int, seconds: float) -> dict[str, Any]:
+    from pipeline.core.manifest import from_dict
     from pipeline.encoders.registry import build_encoder
-    from pipeline.manifest import from_dict
-    from pipeline.precompute import run
+    from pipeline.precompute.stage import run
 
     shards = root / name / "shards"
     pattern = data.write_shards(shards, row.ext, row.member, row.samples, row.pool)

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 def _write_inputs(out: Path, n: int, k: int = 16, parts: int = 8) -> None:
     import faiss
 
-    from pipeline.store import atomic_write_table, embeddings_dir, part_name, write_embeddings
+    from pipeline.core.store import atomic_write_table, embeddings_dir, part_name, write_embeddings
 
     rng = np.random.default_rng(0)
     keys = np.array([f"k{i:09d}" for i in range(n)])
@@ -47,8 +47,8 @@ def _write_inputs(out: Path, n: int, k: int = 16, parts: int = 8) -> None:
 
 
 def measure(small: bool = False, device: str = "cpu") -> dict:
-    from pipeline import publish
-    from pipeline.manifest import from_dict
+    from pipeline.core.manifest import from_dict
+    from pipeline.publish import stage as publish
 
     n = 50_000 if small else 400_000
     with tempfile.TemporaryDirectory(prefix="bindery-bench-publish-") as tmp:

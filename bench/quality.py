@@ -51,14 +51,16 @@ def pick(scores: dict[str, Any]) -> dict[str, float]:
 
 def measure(small: bool, device: str) -> dict[str, Any]:
     """Run the benchmark recipe end to end; return the per-pair table and the stage times."""
-    from pipeline import pair, precompute
-    from pipeline.manifest import load
-    from trainer import evaluate, train
+    from pipeline.core.manifest import load
+    from pipeline.pair import stage as pair
+    from pipeline.precompute import stage as precompute
+    from trainer import train
+    from trainer.eval import evaluate
 
     shards = sorted(BENCH_DATA.glob("bench-*.tar"))
     if not shards:
         raise FileNotFoundError(f"{BENCH_DATA} holds no bench-*.tar shards; build the benchmark first: "
-                                "`just bench-data` (or `python -m pipeline.demo_data --bench --out bench-data`)")
+                                "`just bench-data` (or `python -m pipeline.demo.build --bench --out bench-data`)")
     suffix = "-small" if small else ""
     common = [f"precompute.device={device}", f"pair.device={device}",
               *([f"train.epochs={SMALL_EPOCHS}"] if small else [])]

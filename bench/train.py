@@ -26,8 +26,8 @@ DIM = 1024
 
 
 def synthetic_data(rows: int, device: torch.device, dtype: torch.dtype = torch.float16):
-    """A :class:`~trainer.data.CachedData` of ``rows`` quintuples (text anchor; audio, points partners)."""
-    from trainer.data import CachedData, Rows
+    """A :class:`~trainer.data.rows.CachedData` of ``rows`` quintuples (text anchor; audio, points partners)."""
+    from trainer.data.rows import CachedData, Rows
 
     gen = torch.Generator(device=device).manual_seed(0)
     vectors = {}
@@ -48,8 +48,8 @@ def measure(small: bool, device: str, batch_size: int | None = None, rows: int |
     """One timed epoch (after 3 warm-up steps) of the trainer's step over synthetic quintuples."""
     from accelerate import Accelerator
 
-    from trainer.heads import Binder
-    from trainer.losses import make_loss
+    from trainer.losses.contrastive import make_loss
+    from trainer.model.heads import Binder
     from trainer.train import epoch_blocks, lr_lambda, make_batch, make_optimizer, train_step
 
     cuda = device.startswith("cuda") and torch.cuda.is_available()

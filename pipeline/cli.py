@@ -2,7 +2,7 @@
 
 The CLI is the composition root: it names each stage's entry point as ``module:function``
 and imports it only when that stage runs, so the pipeline package never imports the trainer.
-Every entry point takes a checked :class:`~pipeline.manifest.Manifest` and returns a
+Every entry point takes a checked :class:`~pipeline.core.manifest.Manifest` and returns a
 JSON-able summary, printed at the end.
 """
 
@@ -14,16 +14,16 @@ import json
 import logging
 import sys
 
+from pipeline.core.manifest import ManifestError, load
 from pipeline.encoders.base import EncoderError
-from pipeline.manifest import ManifestError, load
-from pipeline.verify import BundleError
+from pipeline.publish.verify import BundleError
 
 STAGES = {
-    "precompute": ("pipeline.precompute:run", "encode every shard's modalities into Parquet stores"),
-    "pair": ("pipeline.pair:run", "auto-pair items across modalities with nearest-neighbour search"),
+    "precompute": ("pipeline.precompute.stage:run", "encode every shard's modalities into Parquet stores"),
+    "pair": ("pipeline.pair.stage:run", "auto-pair items across modalities with nearest-neighbour search"),
     "train": ("trainer.train:run", "fit projection heads on the cached vectors"),
-    "eval": ("trainer.evaluate:run", "Recall@K, zero-shot and EShot metrics of a run"),
-    "publish": ("pipeline.publish:run", "write a self-describing dataset bundle"),
+    "eval": ("trainer.eval.evaluate:run", "Recall@K, zero-shot and EShot metrics of a run"),
+    "publish": ("pipeline.publish.stage:run", "write a self-describing dataset bundle"),
 }
 
 
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler], force=True)
     try:
         if args.command == "publish" and args.verify:
-            result = _entry("pipeline.publish:verify")(args.verify)
+            result = _entry("pipeline.publish.stage:verify")(args.verify)
         else:
             if args.manifest is None:
                 raise ManifestError("manifest: required; pass a manifest TOML, e.g. manifests/demo.toml")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.store import embeddings_dir, part_name, write_embeddings
+from pipeline.core.store import embeddings_dir, part_name, write_embeddings
 
 
 def unit(x: np.ndarray) -> np.ndarray:

@@ -23,12 +23,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.manifest import Manifest
-from pipeline.store import atomic_write_text
-from trainer.data import CachedData, load, store_signature
-from trainer.export import export
-from trainer.heads import Binder
-from trainer.losses import make_loss
+from pipeline.core.manifest import Manifest
+from pipeline.core.store import atomic_write_text
+from trainer.data.rows import CachedData, load, store_signature
+from trainer.losses.contrastive import make_loss
+from trainer.model.export import export
+from trainer.model.heads import Binder
 from trainer.tracking import CSVTracker
 
 log = logging.getLogger(__name__)

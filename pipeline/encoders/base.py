@@ -7,7 +7,7 @@ An encoder is split in two so DataLoader workers never hold the model:
 * :meth:`Encoder.encode` runs the frozen model on a batch already on the device and returns
   unnormalised ``(B, dim)`` features. The runner L2-normalises and stores them.
 
-Decoded items, per modality (what :mod:`pipeline.decode` yields and preprocessors take):
+Decoded items, per modality (what :mod:`pipeline.ingest.decode` yields and preprocessors take):
 
 * image  -- ``PIL.Image.Image`` in RGB
 * text   -- ``str``

@@ -102,7 +102,7 @@ class PooledImageEncoder(Encoder):
 
 def _image_config(config: Any) -> Any:
     """The image-tower view of a video/points section (only the shared keys matter to factories)."""
-    from pipeline.manifest import ImageConfig
+    from pipeline.core.manifest import ImageConfig
 
     return ImageConfig(encoder=config.encoder, batch_size=config.batch_size, dtype=config.dtype)
 

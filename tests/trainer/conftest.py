@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.manifest import Manifest, from_dict
+from pipeline.core.manifest import Manifest, from_dict
 from tests.planted import write_planted_stores
 
 DIMS = {"text": 32, "audio": 24, "points": 16}

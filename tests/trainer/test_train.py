@@ -13,8 +13,9 @@ from safetensors.torch import load_file
 
 from tests.launch import torchrun
 from tests.trainer.conftest import DIMS, make_manifest
-from trainer import evaluate, train
-from trainer.data import is_val
+from trainer import train
+from trainer.data.rows import is_val
+from trainer.eval import evaluate
 
 
 def test_training_learns_planted_maps_and_emergent_pairs(planted):
@@ -81,7 +82,7 @@ def test_split_is_stable_and_seeded():
 
 @pytest.mark.parametrize("bad", [{"train.anchor": "video"}, {"train.modalities": ["image"]}])
 def test_bad_train_config_names_the_key(planted, bad):
-    from pipeline.manifest import ManifestError
+    from pipeline.core.manifest import ManifestError
 
     output, _ = planted
     key, value = next(iter(bad.items()))
@@ -107,7 +108,7 @@ def test_new_round_with_new_pairs_does_not_resume_the_old_one(planted):
 
 def reencode(output, modality: str, dim: int, digest: str, seed: int = 1) -> None:
     """Replace a store with another encoder's vectors for the same keys (same part names)."""
-    from pipeline.store import embeddings_dir, list_parts, read_part, write_embeddings
+    from pipeline.core.store import embeddings_dir, list_parts, read_part, write_embeddings
 
     for part in list_parts(embeddings_dir(output, modality)):
         keys = list(read_part(part).keys)
@@ -219,7 +220,7 @@ def test_two_process_training_matches_one_process_with_the_global_batch(planted,
 
 @pytest.mark.parametrize("override", ["train.queue_size=-1", "train.partial_weight=0", "train.hard_negatives=-2"])
 def test_negative_train_values_are_manifest_errors(planted, override):
-    from pipeline.manifest import ManifestError
+    from pipeline.core.manifest import ManifestError
 
     output, _ = planted
     key, value = override.split("=")
@@ -231,7 +232,7 @@ def test_negative_train_values_are_manifest_errors(planted, override):
 def test_gpu_training_keeps_stores_on_the_gpu_in_bf16(planted):
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA (run with: just test-gpu)")
-    from trainer.data import load
+    from trainer.data.rows import load
 
     output, _ = planted
     manifest = make_manifest(output, epochs=12, val_fraction=0.25, precision="bf16", in_memory="gpu")

@@ -10,9 +10,9 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 
+from pipeline.core.manifest import AudioConfig
 from pipeline.encoders import aisfx
 from pipeline.encoders.base import EncoderError
-from pipeline.manifest import AudioConfig
 
 DEMO = Path(__file__).resolve().parents[3] / "data" / "demo"
 # real tuxpaint sound effects shipped in the demo (distinct recordings, 3.8-10 s long)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.core.manifest import AudioConfig, ImageConfig, TextConfig
 from pipeline.encoders.base import EncoderError
 from pipeline.encoders.hf import build
 from pipeline.encoders.registry import build_encoder
-from pipeline.manifest import AudioConfig, ImageConfig, TextConfig
 from tests.conftest import WORDS
 
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pipeline.core.manifest import TextConfig
 from pipeline.encoders import minilm
 from pipeline.encoders.base import EncoderError
-from pipeline.manifest import TextConfig
 
 
 @pytest.fixture(scope="module")

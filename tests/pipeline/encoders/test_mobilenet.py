@@ -6,9 +6,9 @@ import torch
 from PIL import Image
 from skimage import data as skimage_data
 
+from pipeline.core.manifest import ImageConfig
 from pipeline.encoders import mobilenet
 from pipeline.encoders.base import EncoderError
-from pipeline.manifest import ImageConfig
 
 
 @pytest.fixture(scope="module")

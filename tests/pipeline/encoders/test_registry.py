@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.core.manifest import ImageConfig, TextConfig, VideoConfig
 from pipeline.encoders.base import Encoder, EncoderError
 from pipeline.encoders.registry import build_encoder, factory_for, register, registered
-from pipeline.manifest import ImageConfig, TextConfig, VideoConfig
 
 
 class CharCount(Encoder):

@@ -9,11 +9,11 @@ import pytest
 import soundfile as sf
 import torch
 
-from pipeline.decode import resample
+from pipeline.core.manifest import AudioConfig
 from pipeline.encoders import whisper
 from pipeline.encoders.aisfx import mel_filterbank
 from pipeline.encoders.base import EncoderError
-from pipeline.manifest import AudioConfig
+from pipeline.ingest.decode import resample
 
 DEMO = Path(__file__).resolve().parents[3] / "data" / "demo"
 PROMPT = "speech-dictate-forhelp"  # an asterisk recording in the demo: "Press 0 for help."

@@ -3,10 +3,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from pipeline.core.manifest import ImageConfig, PointsConfig, TextConfig, VideoConfig
 from pipeline.encoders.base import Encoder, EncoderError
 from pipeline.encoders.hf import build
 from pipeline.encoders.wrappers import PooledImageEncoder, adapt, render_depth
-from pipeline.manifest import ImageConfig, PointsConfig, TextConfig, VideoConfig
 
 
 def test_video_is_the_mean_of_unnormalised_frame_features(tiny_clip):

@@ -1,0 +1,249 @@
+"""The output contract in one place: every path under ``dataset.output``, and inside a bundle.
+
+No other module spells a path segment of the contract (``embeddings/``, ``status/``,
+``pairs/``, ``runs/``, ...); they ask an :class:`OutputLayout`. A test greps the source tree
+and fails when one appears elsewhere. The layout (DESIGN.md, "Contracts")::
+
+    <output>/embeddings/<m>/part-<shard>.parquet     the embedding store
+    <output>/status/<m>/part-<shard>.parquet         one row per sample without an embedding
+    <output>/metadata/part-<shard>.parquet           key, json (and member digests) per sample
+    <output>/classes/text.parquet                    class names embedded by the text encoder
+    <output>/faults/<shard>.json                     a shard's last read fault
+    <output>/precompute.json                         what the last precompute run did
+    <output>/pairs/...                               neighbours, quintuples, chunks, indexes, summary
+    <output>/runs/<run>/...                          heads, config, metrics, checkpoints
+    <output>/bridge/<name>/                          BrokenBind pseudo stores (a store layout)
+    <output>/condensed/<name>/                       ImageBindDC synthetic stores (a store layout)
+    <output>/analysis/<name>/                        fused-embedding analysis
+    <output>/publish/                                the default bundle folder
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def part_name(shard_id: str) -> str:
+    """A part's file name: one per (shard, modality)."""
+    return f"part-{shard_id}.parquet"
+
+
+PART_GLOB = "part-*.parquet"
+
+
+@dataclass(frozen=True)
+class PairsLayout:
+    root: Path
+
+    @property
+    def neighbors(self) -> Path:
+        return self.root / "neighbors.parquet"
+
+    @property
+    def quintuples(self) -> Path:
+        return self.root / "quintuples.parquet"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def chunks(self) -> Path:
+        return self.root / "chunks"
+
+    def chunk(self, index: int) -> Path:
+        return self.chunks / f"chunk-{index:06d}.parquet"
+
+    @property
+    def chunk_params(self) -> Path:
+        return self.chunks / "params.json"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.root / "index"
+
+    def index(self, modality: str) -> Path:
+        return self.index_dir / f"{modality}.faiss"
+
+    def index_keys(self, modality: str) -> Path:
+        return self.index_dir / f"{modality}.keys.parquet"
+
+    def histogram(self, modality: str) -> Path:
+        return self.root / f"scores_{modality}.png"
+
+    def table(self, name: str) -> Path:
+        """``neighbors`` or ``quintuples``."""
+        return self.root / f"{name}.parquet"
+
+
+HEADS_FILE = "heads.safetensors"
+RUN_CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.json"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    root: Path
+
+    @property
+    def heads(self) -> Path:
+        return self.root / HEADS_FILE
+
+    @property
+    def config(self) -> Path:
+        return self.root / RUN_CONFIG_FILE
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / METRICS_FILE
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "log.csv"
+
+    def file(self, name: str) -> Path:
+        return self.root / name
+
+    # the files a bundle copies from a run, in order
+    PUBLISHED = (HEADS_FILE, RUN_CONFIG_FILE, METRICS_FILE)
+
+
+@dataclass(frozen=True)
+class AnalysisLayout:
+    root: Path
+
+    @property
+    def report_json(self) -> Path:
+        return self.root / "report.json"
+
+    @property
+    def report_md(self) -> Path:
+        return self.root / "report.md"
+
+    @property
+    def clusters(self) -> Path:
+        return self.root / "clusters.parquet"
+
+    def plot(self, name: str) -> Path:
+        return self.root / f"{name}.png"
+
+
+@dataclass(frozen=True)
+class OutputLayout:
+    """Every path of one output folder. Derived stores (bridge, condensed) are layouts themselves."""
+
+    root: Path
+
+    def __init__(self, root: str | Path):
+        object.__setattr__(self, "root", Path(root))
+
+    # -- stores
+    @property
+    def embeddings_root(self) -> Path:
+        return self.root / "embeddings"
+
+    def embeddings(self, modality: str) -> Path:
+        return self.embeddings_root / modality
+
+    def status(self, modality: str) -> Path:
+        return self.root / "status" / modality
+
+    def embedding_part(self, modality: str, shard_id: str) -> Path:
+        return self.embeddings(modality) / part_name(shard_id)
+
+    def status_part(self, modality: str, shard_id: str) -> Path:
+        return self.status(modality) / part_name(shard_id)
+
+    @property
+    def metadata(self) -> Path:
+        return self.root / "metadata"
+
+    def metadata_part(self, shard_id: str) -> Path:
+        return self.metadata / part_name(shard_id)
+
+    @property
+    def classes(self) -> Path:
+        return self.root / "classes" / "text.parquet"
+
+    @property
+    def faults(self) -> Path:
+        return self.root / "faults"
+
+    def fault_marker(self, shard_id: str) -> Path:
+        return self.faults / f"{shard_id}.json"
+
+    @property
+    def precompute_summary(self) -> Path:
+        return self.root / "precompute.json"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".bindery.lock"
+
+    # -- later stages
+    @property
+    def pairs(self) -> PairsLayout:
+        return PairsLayout(self.root / "pairs")
+
+    @property
+    def runs_root(self) -> Path:
+        return self.root / "runs"
+
+    def run(self, name: str) -> RunLayout:
+        return RunLayout(self.runs_root / name)
+
+    def bridge(self, name: str) -> OutputLayout:
+        return OutputLayout(self.root / "bridge" / name)
+
+    def condensed(self, name: str) -> OutputLayout:
+        return OutputLayout(self.root / "condensed" / name)
+
+    @property
+    def condensed_root(self) -> Path:
+        return self.root / "condensed"
+
+    def analysis(self, name: str) -> AnalysisLayout:
+        return AnalysisLayout(self.root / "analysis" / name)
+
+    @property
+    def derived_config(self) -> Path:
+        """``config.json`` of a derived store (bridge, condensed): how it was made."""
+        return self.root / "config.json"
+
+    @property
+    def publish_default(self) -> Path:
+        return self.root / "publish"
+
+
+@dataclass(frozen=True)
+class BundleLayout:
+    """Paths inside a published bundle (relative names, as bundle.json and the card spell them)."""
+
+    root: Path
+
+    BUNDLE_JSON = "bundle.json"
+    CHECKSUMS = "checksums.sha256"
+    CARD = "README.md"
+
+    @staticmethod
+    def embeddings(modality: str) -> str:
+        return f"embeddings/{modality}"
+
+    CLASSES = "classes"
+    SAMPLES = "samples"
+    PROVENANCE = "provenance"
+    FIGURES = "figures"
+    HEADS = "heads"
+    INDEX = "index"
+
+    @staticmethod
+    def pairs(table: str) -> str:
+        return f"pairs/{table}"
+
+    def path(self, relative: str) -> Path:
+        return self.root / relative

@@ -1,0 +1,355 @@
+"""The trainer's dataset: cached vectors joined into training rows, and nothing else.
+
+A *row* is one anchor item (usually a caption) plus, per projected modality ``m``, the index
+of its partner in ``m``'s store (or -1 when the row has none), a weight, and optionally an
+explicit bad partner (a human-rated hard negative). Rows come from three sources:
+
+* ``pairs/quintuples.parquet``: ``query_key`` in the anchor store, ``<m>_key`` in ``m``'s store;
+* captions: an item whose own key is also in the anchor store (same ``__key__`` = same sample);
+* a human-rated triples table ``query_key, modality, target_key, label`` (good | partial | bad).
+
+The store vectors are kept once per modality and rows hold indices, so a batch is an index
+gather: from whole tensors on the accelerator (or in host memory on a CPU run) when the stores
+fit the memory budget, or, in stream mode, from memory-mapped Parquet parts through a bounded
+row-group cache (:mod:`trainer.data.stream`); both give the same batches. This module never imports
+webdataset, a decoder or an encoder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from pipeline.core.manifest import Manifest, ManifestError
+from pipeline.core.store import embeddings_dir, list_parts, read_metadata, read_store, stored_modalities
+from trainer.data.stream import MappedStore, store_nbytes
+
+log = logging.getLogger(__name__)
+
+QUINTUPLES = Path("pairs") / "quintuples.parquet"
+TRIPLE_LABELS = ("good", "partial", "bad")
+
+
+def is_val(keys: list[str] | np.ndarray, seed: int, fraction: float) -> np.ndarray:
+    """Held-out flag per key: a hash of ``seed:key``, so a key keeps its side as data grows."""
+    out = np.empty(len(keys), dtype=bool)
+    for i, key in enumerate(keys):
+        h = hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest()
+        out[i] = int.from_bytes(h, "little") / 2.0**64 < fraction
+    return out
+
+
+def key_index(store_keys: np.ndarray, wanted: list | np.ndarray | pa.Array) -> np.ndarray:
+    """Row of each wanted key in a store (-1 where absent or null), vectorised through Arrow."""
+    idx = pc.index_in(pa.array(wanted, type=pa.string()), value_set=pa.array(store_keys, type=pa.string()))
+    return idx.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def projected_modalities(manifest: Manifest, stored: list[str]) -> list[str]:
+    """Modalities that get a head: the configured ones, or every stored non-anchor one."""
+    t = manifest.train
+    mods = list(t.modalities) or [m for m in stored if m != t.anchor and m not in t.anchor_passthrough]
+    for m in mods:
+        if m not in stored:
+            raise ManifestError(f"train.modalities: {m!r} has no embedding store under {manifest.output}; "
+                                f"run `bindery precompute` for it or drop it from train.modalities")
+        if m == t.anchor or m in t.anchor_passthrough:
+            raise ManifestError(f"train.modalities: {m!r} is the anchor or a passthrough modality; remove it")
+    return mods
+
+
+@dataclass
+class Rows:
+    """Index table of training rows (numpy, host side)."""
+
+    anchor: np.ndarray  # (n,) row in the anchor store
+    partner: dict[str, np.ndarray]  # m -> (n,) row in m's store, -1 = none
+    weight: dict[str, np.ndarray]  # m -> (n,) float32 loss weight of the (anchor, partner) pair
+    bad: dict[str, np.ndarray]  # m -> (n,) row of an explicit bad partner, -1 = none
+
+    def __len__(self) -> int:
+        return len(self.anchor)
+
+    def take(self, sel: np.ndarray) -> Rows:
+        return Rows(self.anchor[sel], {m: v[sel] for m, v in self.partner.items()},
+                    {m: v[sel] for m, v in self.weight.items()}, {m: v[sel] for m, v in self.bad.items()})
+
+    @staticmethod
+    def concat(parts: list[Rows], mods: list[str]) -> Rows:
+        return Rows(np.concatenate([p.anchor for p in parts]),
+                    {m: np.concatenate([p.partner[m] for p in parts]) for m in mods},
+                    {m: np.concatenate([p.weight[m] for p in parts]) for m in mods},
+                    {m: np.concatenate([p.bad[m] for p in parts]) for m in mods})
+
+
+def _rows(anchor: np.ndarray, mods: list[str], partner: dict[str, np.ndarray] | None = None) -> Rows:
+    n = len(anchor)
+    partner = {m: (partner or {}).get(m, np.full(n, -1, np.int64)) for m in mods}
+    return Rows(anchor, partner, {m: np.ones(n, np.float32) for m in mods},
+                {m: np.full(n, -1, np.int64) for m in mods})
+
+
+def check_quintuples_query(path: Path, anchor: str) -> None:
+    """The quintuples' queries must be anchor items: ``bindery.query`` (written by `bindery pair`, the
+    query modality) must equal ``train.anchor``; tables without it are taken as anchor-keyed."""
+    query = read_metadata(path).get("query")
+    if query is not None and query != anchor:
+        raise ManifestError(f"pair.query / train.anchor: {path} pairs {query!r} queries but train.anchor is "
+                            f"{anchor!r}; set train.anchor = {query!r}, or re-run `bindery pair` with "
+                            f"pair.query = {anchor!r}, or set train.use_quintuples = false")
+
+
+def store_signature(output: str | Path, modality: str) -> dict:
+    """What identifies a store's content cheaply: its encoder and encoder digest (the first part's
+    metadata) and its parts' names and sizes; a re-encoded store gets another signature."""
+    parts = list_parts(embeddings_dir(output, modality))
+    meta = read_metadata(parts[0]) if parts else {}
+    return {"encoder": meta.get("encoder"), "digest": meta.get("digest"),
+            "parts": [[p.name, p.stat().st_size] for p in parts]}
+
+
+def quintuple_rows(path: Path, anchor_keys: np.ndarray, stores_keys: dict[str, np.ndarray]) -> Rows:
+    """One row per quintuple whose query is in the anchor store; missing partners stay -1."""
+    table = pq.read_table(path)
+    anchor = key_index(anchor_keys, table.column("query_key").combine_chunks())
+    partner = {m: key_index(keys, table.column(f"{m}_key").combine_chunks())
+               if f"{m}_key" in table.column_names else np.full(len(anchor), -1, np.int64)
+               for m, keys in stores_keys.items()}
+    rows = _rows(anchor, list(stores_keys), partner)
+    return rows.take(anchor >= 0)
+
+
+def caption_rows(anchor_keys: np.ndarray, stores_keys: dict[str, np.ndarray]) -> Rows:
+    """One row per anchor item whose key is also in some projected store (the same sample)."""
+    partner = {m: key_index(keys, anchor_keys) for m, keys in stores_keys.items()}
+    rows = _rows(np.arange(len(anchor_keys)), list(stores_keys), partner)
+    has_any = np.zeros(len(anchor_keys), bool)
+    for p in partner.values():
+        has_any |= p >= 0
+    return rows.take(has_any)
+
+
+def triple_rows(path: str, anchor_keys: np.ndarray, stores_keys: dict[str, np.ndarray],
+                partial: str, partial_weight: float) -> Rows:
+    """Human-rated triples: good = positive row; partial = dropped or a row weighted ``partial_weight``;
+    bad = the explicit hard negative (in the denominator) of the query's good/partial row in that
+    modality; a bad rating with no positive row for its query has nothing to push against and is unused."""
+    table = pq.read_table(path)
+    missing = {"query_key", "modality", "target_key", "label"} - set(table.column_names)
+    if missing:
+        raise ManifestError(f"train.triples: {path} lacks column(s) {sorted(missing)}; "
+                            "it needs query_key, modality, target_key, label")
+    q, mod = table.column("query_key").to_pylist(), table.column("modality").to_pylist()
+    tgt, lab = table.column("target_key").to_pylist(), table.column("label").to_pylist()
+    mods = list(stores_keys)
+    bad_of: dict[tuple[str, str], str] = {}
+    pos: list[tuple[str, str, str, float]] = []
+    for qk, m, tk, label in zip(q, mod, tgt, lab, strict=True):
+        if m not in stores_keys or label not in TRIPLE_LABELS:
+            log.warning("triples: skipping row (%s, %s, %s, %s): unknown modality or label", qk, m, tk, label)
+            continue
+        if label == "bad":
+            bad_of[(qk, m)] = tk
+        elif label == "good" or partial == "soft":
+            pos.append((qk, m, tk, 1.0 if label == "good" else partial_weight))
+    anchor = key_index(anchor_keys, [p[0] for p in pos])
+    rows = _rows(anchor, mods)
+    for m in mods:
+        sel = np.array([p[1] == m for p in pos], dtype=bool)
+        if sel.any():
+            rows.partner[m][sel] = key_index(stores_keys[m], [p[2] for p, s in zip(pos, sel, strict=True) if s])
+            rows.weight[m][sel] = np.array([p[3] for p, s in zip(pos, sel, strict=True) if s], np.float32)
+            bads = [bad_of.get((p[0], m)) for p, s in zip(pos, sel, strict=True) if s]
+            rows.bad[m][sel] = key_index(stores_keys[m], bads)
+    keep = anchor >= 0
+    keep &= np.any([rows.partner[m] >= 0 for m in mods], axis=0) if mods else keep
+    return rows.take(keep)
+
+
+def split_rows(rows: Rows, keys: dict[str, np.ndarray], anchor: str, seed: int, fraction: float) -> np.ndarray:
+    """Held-out flag per row (its anchor key's side of :func:`is_val`), masking in place every partner
+    and rated bad partner whose own key sits on the other side (set to -1): evaluate splits each store
+    by its own keys, so no held-out item of any modality is seen in training, nor a training item in
+    a held-out row."""
+    val = is_val(keys[anchor][rows.anchor], seed, fraction)
+    masked = 0
+    for m in rows.partner:
+        for col in (rows.partner[m], rows.bad[m]):
+            used = np.flatnonzero(col >= 0)
+            if not len(used):
+                continue
+            items, inverse = np.unique(col[used], return_inverse=True)  # each store key hashed once
+            other = used[is_val(keys[m][items], seed, fraction)[inverse] != val[used]]
+            col[other] = -1
+            masked += len(other)
+    if masked:
+        log.info("train data: %d partner(s) on the other side of the held-out split masked", masked)
+    return val
+
+
+@dataclass
+class CachedData:
+    """Store vectors (one tensor per modality) + training rows + the held-out split."""
+
+    anchor: str
+    modalities: list[str]  # projected modalities, in head order
+    vectors: dict[str, torch.Tensor | MappedStore]  # modality (anchor included) -> (n_m, dim), the stored dtype
+    keys: dict[str, np.ndarray]  # modality -> store keys
+    rows: Rows
+    train_idx: np.ndarray  # rows used for training
+    val_idx: np.ndarray  # held-out rows
+    device: torch.device  # where ``vectors`` live (the host in stream mode: batches are gathered there)
+
+    @property
+    def streaming(self) -> bool:
+        return any(isinstance(v, MappedStore) for v in self.vectors.values())
+
+    def dims(self) -> dict[str, int]:
+        return {m: int(v.shape[1]) for m, v in self.vectors.items()}
+
+    def batch(self, row_idx: torch.Tensor, target: torch.device) -> dict[str, torch.Tensor]:
+        """Gather the rows ``row_idx`` (an index tensor) into a batch on ``target``.
+
+        Keys: ``anchor``; per modality ``m``: ``m`` (vectors, zeros where absent), ``m_mask``,
+        ``m_weight``, and, when the rows hold rated bad partners, ``m_bad`` (zeros where none) and ``m_bad_mask``.
+        """
+        dev = self.device
+        idx = row_idx.to(dev)
+        out = {"anchor": self.vectors[self.anchor][self._t("anchor")[idx]].float()}
+        for m in self.modalities:
+            bad = [(f"{m}_bad", "bad")] if self.has_bad(m) else []
+            for name, col in [(m, "partner"), *bad]:
+                j = self._t(f"{col}.{m}")[idx]
+                ok = j >= 0
+                out[name] = self.vectors[m][j.clamp(min=0)].float() * ok[:, None]
+                out[f"{name}_mask"] = ok
+            out[f"{m}_weight"] = self._t(f"weight.{m}")[idx]
+        return {k: v.to(target, non_blocking=True) for k, v in out.items()}
+
+    def _columns(self) -> list[tuple[str, str]]:
+        """(store, row-table column) pairs a batch gathers from."""
+        bad = [(m, f"bad.{m}") for m in self.modalities if self.has_bad(m)]
+        return [(self.anchor, "anchor"), *[(m, f"partner.{m}") for m in self.modalities], *bad]
+
+    def window_steps(self, batch_size: int) -> int:
+        """Stream mode: how many steps of ``batch_size`` rows one :meth:`prefetch` covers so that every
+        store's window fits its share of the budget; 0 when even one step does not (or not streaming)."""
+        if not self.streaming:
+            return 0
+        cols = {m: sum(s == m for s, _ in self._columns()) for m in self.vectors}
+        return min(v.budget // (batch_size * cols[m] * v.dim * v.np_dtype.itemsize) for m, v in self.vectors.items())
+
+    def prefetch(self, row_idx: torch.Tensor) -> None:
+        """Stream mode: read the store rows that the training rows ``row_idx`` (the coming steps'
+        rows) need into each store's window buffer, every row group decoded once per window; a no-op
+        for whole tensors. Batches are the same with or without it, only faster."""
+        if not self.streaming:
+            return
+        idx = row_idx.reshape(-1).cpu()
+        need: dict[str, list[np.ndarray]] = {m: [] for m in self.vectors}
+        for m, col in self._columns():
+            need[m].append(self._t(col)[idx].clamp(min=0).numpy())  # batch() reads row 0 for absent partners
+        for m, parts in need.items():
+            self.vectors[m].prefetch(np.concatenate(parts))
+
+    def has_bad(self, modality: str) -> bool:
+        cache = self.__dict__.setdefault("_has_bad", {})
+        if modality not in cache:
+            cache[modality] = bool((self.rows.bad[modality] >= 0).any())
+        return cache[modality]
+
+    def _t(self, name: str) -> torch.Tensor:
+        """Row-table columns as tensors on the vectors' device, built once."""
+        cache = self.__dict__.setdefault("_tensors", {})
+        if name not in cache:
+            col, _, m = name.partition(".")
+            arr = self.rows.anchor if col == "anchor" else getattr(self.rows, col)[m]
+            cache[name] = torch.from_numpy(np.ascontiguousarray(arr)).to(self.device)
+        return cache[name]
+
+
+GPU_FRACTION = 0.6  # memory_gb = 0 on CUDA: the stores may take this share of free GPU memory
+RAM_FRACTION = 0.5  # memory_gb = 0 otherwise (and for the stream cache): this share of available RAM
+
+
+def memory_budget(memory_gb: float, device: torch.device, host: bool = False) -> int:
+    """Bytes the vectors may take: ``memory_gb`` when set; else 60 % of the free memory of a CUDA
+    ``device`` (``host=False``), or 50 % of the available RAM (a CPU device, or ``host=True``)."""
+    if memory_gb < 0:
+        raise ManifestError(f"train.memory_gb: must be >= 0 (0 = derive it from free memory), got {memory_gb!r}")
+    if memory_gb > 0:
+        return int(memory_gb * 2**30)
+    if device.type == "cuda" and not host:
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(GPU_FRACTION * free)
+    import psutil
+
+    return int(RAM_FRACTION * psutil.virtual_memory().available)
+
+
+def choose_device(mode: str, nbytes: int, device: torch.device, budget: int) -> torch.device | None:
+    """Where the stores live: a device for whole tensors, or ``None`` to stream them.
+
+    ``gpu``: whole tensors on ``device`` (host memory on a CPU run); ``stream``: stream;
+    ``auto``: whole tensors on ``device`` when ``nbytes`` fits ``budget``, else stream."""
+    if mode == "stream" or (mode == "auto" and nbytes > budget):
+        where = None
+    else:
+        where = device if device.type == "cuda" else torch.device("cpu")
+    log.info("train data: in_memory=%s, stores %.1f MB, budget %.1f MB -> %s", mode, nbytes / 1e6, budget / 1e6,
+             f"whole tensors on {where}" if where is not None else "stream from memory-mapped Parquet")
+    return where
+
+
+def load(manifest: Manifest, device: torch.device | str = "cpu") -> CachedData:
+    """Read the stores and pair tables named by the manifest into a :class:`CachedData`."""
+    t, out = manifest.train, manifest.output
+    stored = stored_modalities(out)
+    if t.anchor not in stored:
+        raise ManifestError(f"train.anchor: no embedding store for {t.anchor!r} under {out}; "
+                            "run `bindery precompute` or set train.anchor to a stored modality")
+    mods = projected_modalities(manifest, stored)
+    dev = torch.device(device)
+    sizes = {m: store_nbytes(out, m) for m in [t.anchor, *mods]}
+    nbytes = sum(sizes.values())
+    where = choose_device(t.in_memory, nbytes, dev, memory_budget(t.memory_gb, dev))
+    if where is None:  # the host budget is shared by the stores in proportion to their size
+        cache = memory_budget(t.memory_gb, dev, host=True)
+        vectors = {m: MappedStore(out, m, cache * size // max(1, nbytes)) for m, size in sizes.items()}
+        keys = {m: v.read_keys() for m, v in vectors.items()}
+    else:
+        stores = {m: read_store(out, m) for m in sizes}
+        # kept in the stored dtype (float16 halves the footprint at EBind's scale); batches are cast to float32
+        vectors = {m: torch.from_numpy(np.array(s.vectors)).to(where) for m, s in stores.items()}
+        keys = {m: s.keys for m, s in stores.items()}
+    proj_keys = {m: keys[m] for m in mods}
+    parts = []
+    if t.use_captions:
+        parts.append(caption_rows(keys[t.anchor], proj_keys))
+    if t.use_quintuples and (out / QUINTUPLES).is_file():
+        check_quintuples_query(out / QUINTUPLES, t.anchor)
+        parts.append(quintuple_rows(out / QUINTUPLES, keys[t.anchor], proj_keys))
+    if t.triples:
+        if not Path(t.triples).is_file():
+            raise ManifestError(f"train.triples: {t.triples} not found; give a Parquet file or set it to \"\"")
+        parts.append(triple_rows(t.triples, keys[t.anchor], proj_keys, t.partial, t.partial_weight))
+    rows = Rows.concat(parts, mods) if parts else _rows(np.zeros(0, np.int64), mods)
+    if not len(rows):
+        raise ManifestError("train: no training rows; enable train.use_captions or run `bindery pair` "
+                            "to write pairs/quintuples.parquet")
+    val = split_rows(rows, keys, t.anchor, t.seed, t.val_fraction)
+    if val.all():
+        raise ManifestError(f"train.val_fraction: {t.val_fraction} holds out all {len(rows)} rows, leaving none "
+                            "to train on; lower it (e.g. 0.1)")
+    log.info("train data: %d rows (%d held out) from %d parts, stores %s (%.1f MB)", len(rows), int(val.sum()),
+             len(parts), f"on {where}" if where is not None else "streamed from memory-mapped Parquet", nbytes / 1e6)
+    where = torch.device("cpu") if where is None else where  # stream: batches are gathered on the host
+    return CachedData(t.anchor, mods, vectors, keys, rows, np.flatnonzero(~val), np.flatnonzero(val), where)

@@ -1,0 +1,115 @@
+"""Reference points for a run's Recall@K: chance, and a closed-form ridge regression per modality.
+
+* **ridge**: for every projected modality ``m`` of the run, an affine map ``x -> x W + b`` into the
+  anchor space minimising ``sum_i ||x_i W + b - t_i||^2 + lambda ||W||^2`` (``[eval] ridge_lambda``;
+  the bias is not penalised), where ``(x_i, t_i)`` are the run's own training rows that pair ``m``
+  with the anchor: the rows and split :func:`trainer.data.rows.load` gives the trainer (with the run's
+  recorded ``[train]`` section), ``x`` the stored ``m`` vector as the head sees it and ``t`` the
+  L2-normalised anchor vector, as in the loss. Every row counts once (a soft ``partial`` weight is
+  not applied, rated bad partners are not used). Solved exactly in float64: with ``X1 = [X, 1]``,
+  ``[W; b] = (X1^T X1 + lambda diag(1, ..., 1, 0))^-1 X1^T T``. The mapped vectors are L2-normalised
+  and scored by :func:`trainer.eval.evaluate.recall`, the heads' own code, on the same pairs and split.
+  Pairs whose two sides both pass through unmapped (the anchor, ``anchor_passthrough``) would score
+  the same as the heads and are left out.
+* **chance**: a query whose truth sits at a uniformly random rank among the gallery's ``N`` items:
+  ``R@K = min(K, N) / N``, with ``N`` the gallery evaluate uses for that pair.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.core.manifest import Manifest, ManifestError, from_dict
+from trainer.data.rows import CachedData, load
+from trainer.eval.evaluate import Space, pair_items, recall
+
+log = logging.getLogger(__name__)
+CHUNK = 65536
+
+
+def run_manifest(manifest: Manifest, config: dict[str, Any]) -> Manifest:
+    """``manifest`` with the ``[train]`` section the run was trained with (from its config.json)."""
+    recorded = config.get("manifest", {}).get("train")
+    if not recorded:
+        return manifest
+    try:
+        return dataclasses.replace(manifest, train=from_dict({**manifest.to_dict(), "train": recorded}).train)
+    except ManifestError as exc:
+        log.warning("ridge baseline: the run's recorded [train] section does not load (%s); using the manifest's", exc)
+        return manifest
+
+
+def fit_ridge(x: torch.Tensor, t: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(W, b)`` (float64) minimising ``||x W + b - t||^2 + lam ||W||^2`` (bias not penalised)."""
+    x1 = torch.cat([x.double(), torch.ones(len(x), 1, dtype=torch.float64, device=x.device)], 1)
+    penalty = torch.full((x1.shape[1],), float(lam), dtype=torch.float64, device=x.device)
+    penalty[-1] = 0.0
+    wb = torch.linalg.solve(x1.T @ x1 + torch.diag(penalty), x1.T @ t.double())
+    return wb[:-1], wb[-1]
+
+
+def training_pairs(data: CachedData, m: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, t)``: the ``m`` vectors and L2-normalised anchor vectors of the training rows pairing ``m``."""
+    rows = data.rows
+    sel = data.train_idx[rows.partner[m][data.train_idx] >= 0]
+    x = data.vectors[m][torch.as_tensor(rows.partner[m][sel])].double()
+    t = F.normalize(data.vectors[data.anchor][torch.as_tensor(rows.anchor[sel])].double(), dim=-1)
+    return x, t
+
+
+def apply_ridge(vectors: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Map stored vectors (in chunks) with ``x W + b`` and L2-normalise (float32, like the heads)."""
+    out = [F.normalize(vectors[i:i + CHUNK].double() @ w + b, dim=-1).float() for i in range(0, len(vectors), CHUNK)]
+    return torch.cat(out) if out else torch.zeros(0, w.shape[1])
+
+
+def ridge_vectors(manifest: Manifest, lam: float) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray]]:
+    """Fit a ridge map per projected modality with training rows (``manifest`` = the run's) and map
+    that modality's whole store with it; returns ``m -> anchor-space vectors`` and ``m -> store keys``."""
+    data = load(manifest, "cpu")
+    vecs = {}
+    for m in data.modalities:
+        x, t = training_pairs(data, m)
+        if not len(x):
+            log.warning("ridge baseline: no training rows pair %s with %s; no ridge map", m, data.anchor)
+            continue
+        vecs[m] = apply_ridge(data.vectors[m], *fit_ridge(x, t, lam))
+        log.info("ridge baseline: %s -> %s fitted on %d rows (lambda %g)", m, data.anchor, len(x), lam)
+    return vecs, data.keys
+
+
+def ordered_pairs(space: Space) -> list[tuple[str, str]]:
+    """Every ordered pair of the space's modalities, in evaluate's order."""
+    return list(itertools.permutations(space.mods, 2))
+
+
+def chance(space: Space, split: str, ks: tuple[int, ...]) -> dict[str, dict[str, float]]:
+    """R@K of a random ranking, ``min(K, N) / N``, for every pair evaluate scores (``N`` = its gallery)."""
+    out = {}
+    for q, t in ordered_pairs(space):
+        if (items := pair_items(space, q, t, split)) is not None:
+            n = len(items[1])
+            out[f"{q}->{t}"] = {**{f"R@{k}": min(k, n) / n for k in ks}, "gallery": n}
+    return out
+
+
+def baselines(manifest: Manifest, space: Space, split: str, ks: tuple[int, ...], lam: float) -> dict[str, Any]:
+    """``{"ridge": {"q->t": {"R@K": ..., "n": ...}}, "ridge_lambda": lam, "chance": {"q->t": {"R@K": ...,
+    "gallery": N}}}`` for the run loaded in ``space`` (its heads' vectors are left as they are)."""
+    vecs, keys = ridge_vectors(run_manifest(manifest, space.config), lam)
+    vecs = {m: v for m, v in vecs.items() if m in space.mods}
+    for m in vecs:
+        if not np.array_equal(keys[m], space.keys[m]):
+            raise RuntimeError(f"ridge baseline: {m}'s store changed during evaluation; rerun `bindery eval`")
+    ridge_space = copy.copy(space)
+    ridge_space.vecs = {**space.vecs, **vecs}
+    pairs = [(q, t) for q, t in ordered_pairs(space) if q in vecs or t in vecs]
+    return {"ridge": recall(ridge_space, split, ks, pairs), "ridge_lambda": lam, "chance": chance(space, split, ks)}

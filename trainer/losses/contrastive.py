@@ -1,0 +1,157 @@
+"""Contrastive losses over projected features, open_clip ``loss.py`` style.
+
+Three pieces kept apart: :func:`gather_features` (cross-rank, gradient kept for the local
+slice, as open_clip's ``gather_features``), :func:`pair_logits` (logits and labels of one
+(anchor, modality) pair, masked to the rows that have both), and the loss module.
+
+:class:`BindLoss` (registry name ``infonce``) sums over every projected modality ``m`` present
+in the batch the symmetric InfoNCE between the anchor and ``m``, with
+
+* masks: a row lacking ``m`` takes no part in the (anchor, m) term (Trimodal-Bind);
+* per-row weights (a ``partial`` human rating counts ``partial_weight``);
+* an explicit rated bad partner as an extra column in that row's anchor->m denominator;
+* optional in-batch hard-negative mining: only the ``hard_negatives`` most similar in-batch
+  negatives stay in each row's denominator;
+* an optional cross-batch memory queue of past features as extra negatives;
+* optional CyCLIP in-modal and cross-modal cycle-consistency terms (plain cosines, mean square).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+NEG_INF = float("-inf")
+
+
+def gather_features(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``t`` across ranks; the local slice is the local tensor, so its gradient flows."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return t
+    gathered = [torch.zeros_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, t.contiguous())
+    gathered[dist.get_rank()] = t
+    return torch.cat(gathered)
+
+
+def rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def pair_logits(a: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, scale: torch.Tensor,
+                local_rows: slice | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits anchor->x and x->anchor over the rows where ``mask`` holds, and their labels.
+
+    ``a``, ``x``, ``mask`` are the (gathered) batch. With ``local_rows`` (open_clip's local loss)
+    only those rows are queries and the columns stay global. Returns
+    ``(logits_a2x, logits_x2a, labels, row_index)`` where ``row_index`` are the query rows' batch indices.
+    """
+    cols = torch.nonzero(mask, as_tuple=True)[0]
+    if local_rows is None:
+        rows, labels = cols, torch.arange(len(cols), device=a.device)
+    else:
+        local = torch.arange(a.shape[0], device=a.device)[local_rows]
+        rows = local[mask[local_rows]]
+        labels = (torch.cumsum(mask.long(), 0) - 1)[rows]
+    return scale * a[rows] @ x[cols].T, scale * x[rows] @ a[cols].T, labels, rows
+
+
+def keep_hardest(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """Mask every in-batch negative but the ``k`` most similar of each row."""
+    k = min(k, logits.shape[1] - 1)
+    neg = logits.detach().clone()
+    neg[torch.arange(len(labels)), labels] = NEG_INF
+    keep = torch.zeros_like(logits, dtype=torch.bool)
+    if k > 0:
+        keep.scatter_(1, neg.topk(k, dim=1).indices, True)
+    keep[torch.arange(len(labels)), labels] = True
+    return logits.masked_fill(~keep, NEG_INF)
+
+
+def weighted_ce(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    ce = F.cross_entropy(logits, labels, reduction="none")
+    return (ce * weight).sum() / weight.sum().clamp(min=1e-8)
+
+
+def cyclip_terms(a: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """CyCLIP: in-modal ``(a a^T - x x^T)^2`` and cross-modal ``(a x^T - x a^T)^2``, means."""
+    return (a @ a.T - x @ x.T).square().mean(), (a @ x.T - x @ a.T).square().mean()
+
+
+class BindLoss(nn.Module):
+    """Masked symmetric InfoNCE of every projected modality against the anchor (see module doc)."""
+
+    def __init__(self, modalities: list[str], dim: int, gather: bool = True, local_loss: bool = False,
+                 hard_negatives: int = 0, queue_size: int = 0, cyclip_in_modal: float = 0.0,
+                 cyclip_cross_modal: float = 0.0):
+        super().__init__()
+        self.modalities, self.gather, self.local_loss = list(modalities), gather, local_loss
+        self.hard_negatives, self.queue_size = hard_negatives, queue_size
+        self.cyclip_in, self.cyclip_cross = cyclip_in_modal, cyclip_cross_modal
+        for m in self.modalities:  # the queue is state, saved with the checkpoint for an exact resume
+            self.register_buffer(f"queue_{m}", torch.zeros(queue_size, dim))
+            self.register_buffer(f"queue_anchor_{m}", torch.zeros(queue_size, dim))
+            self.register_buffer(f"queue_len_{m}", torch.zeros((), dtype=torch.long))
+
+    def forward(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``out`` is :class:`~trainer.model.heads.Binder`'s output; returns ``loss`` and its named terms."""
+        rank, world = rank_and_world() if self.gather else (0, 1)
+        g = gather_features if world > 1 else (lambda t: t)
+        scale, a = out["scale"], g(out["anchor"])
+        n_local = out["anchor"].shape[0]
+        local_rows = slice(rank * n_local, (rank + 1) * n_local) if self.local_loss and world > 1 else None
+        terms: dict[str, torch.Tensor] = {}
+        total = scale * 0.0
+        for m in self.modalities:
+            x, mask = g(out[m]), g(out[f"{m}_mask"].float()).bool()
+            total = total + 0.0 * out[m].sum()  # keeps every head in the graph when m is absent (DDP)
+            if not mask.any():
+                continue
+            l_ax, l_xa, labels, rows = pair_logits(a, x, mask, scale, local_rows)
+            weight = g(out[f"{m}_weight"].float())[rows]
+            if self.hard_negatives:
+                l_ax, l_xa = keep_hardest(l_ax, labels, self.hard_negatives), keep_hardest(l_xa, labels,
+                                                                                          self.hard_negatives)
+            if f"{m}_bad" in out:
+                bad, bad_mask = g(out[f"{m}_bad"]), g(out[f"{m}_bad_mask"].float()).bool()
+                extra = (scale * (a[rows] * bad[rows]).sum(-1)).masked_fill(~bad_mask[rows], NEG_INF)
+                l_ax = torch.cat([l_ax, extra[:, None]], 1)
+            n_q = int(getattr(self, f"queue_len_{m}"))
+            if n_q:
+                l_ax = torch.cat([l_ax, scale * a[rows] @ getattr(self, f"queue_{m}")[:n_q].T.to(a.dtype)], 1)
+                l_xa = torch.cat([l_xa, scale * x[rows] @ getattr(self, f"queue_anchor_{m}")[:n_q].T.to(x.dtype)], 1)
+            term = (weighted_ce(l_ax, labels, weight) + weighted_ce(l_xa, labels, weight)) / 2
+            terms[f"infonce_{m}"] = term
+            total = total + term
+            if self.cyclip_in or self.cyclip_cross:
+                cols = torch.nonzero(mask, as_tuple=True)[0]
+                c_in, c_cross = cyclip_terms(a[cols], x[cols])
+                terms[f"cyclip_in_{m}"], terms[f"cyclip_cross_{m}"] = c_in, c_cross
+                total = total + self.cyclip_in * c_in + self.cyclip_cross * c_cross
+            if self.queue_size:
+                self._enqueue(m, x[mask].detach(), a[mask].detach())
+        terms["loss"] = total
+        return terms
+
+    @torch.no_grad()
+    def _enqueue(self, m: str, x: torch.Tensor, a: torch.Tensor) -> None:
+        """Newest first; buffers are replaced, not written in place, so this step's graph stays valid."""
+        q = self.queue_size
+        setattr(self, f"queue_{m}", torch.cat([x.float(), getattr(self, f"queue_{m}")])[:q])
+        setattr(self, f"queue_anchor_{m}", torch.cat([a.float(), getattr(self, f"queue_anchor_{m}")])[:q])
+        setattr(self, f"queue_len_{m}", (getattr(self, f"queue_len_{m}") + len(x)).clamp(max=q))
+
+
+LOSSES: dict[str, type[nn.Module]] = {"infonce": BindLoss}
+
+
+def make_loss(name: str, **kwargs) -> nn.Module:
+    from pipeline.core.manifest import ManifestError
+
+    if name not in LOSSES:
+        raise ManifestError(f"train.loss: {name!r} is not a registered loss; use one of {', '.join(LOSSES)}")
+    return LOSSES[name](**kwargs)

@@ -1,0 +1,81 @@
+"""Projection heads into the anchor space, and the module that trains them.
+
+Default (EBind): ``Linear(in -> 2048) -> ReLU -> Linear(2048 -> anchor dim)`` then L2-normalise.
+``depth`` counts Linear layers, ``hidden`` is their width, ``dropout`` follows each hidden
+activation (dropped again at export, see :func:`to_plain`). The anchor and passthrough
+modalities (already in the anchor's space) are only L2-normalised.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.core.heads_file import plain_head
+from pipeline.core.manifest import ManifestError
+
+
+def make_head(d_in: int, d_out: int, hidden: int = 2048, depth: int = 2, dropout: float = 0.0) -> nn.Sequential:
+    """``depth`` Linear layers with ReLU (and optional Dropout) between them."""
+    widths = [d_in] + [hidden] * (depth - 1) + [d_out]
+    mods: list[nn.Module] = []
+    for i in range(depth):
+        if i:
+            mods.append(nn.ReLU())
+            if dropout > 0:
+                mods.append(nn.Dropout(dropout))
+        mods.append(nn.Linear(widths[i], widths[i + 1]))
+    return nn.Sequential(*mods)
+
+
+def to_plain(head: nn.Sequential) -> nn.Sequential:
+    """The same head as a plain ``Linear, ReLU, Linear...`` Sequential (dropout removed), weights copied."""
+    linears = [m for m in head if isinstance(m, nn.Linear)]
+    plain = plain_head([[m.in_features, m.out_features] for m in linears])
+    for src, dst in zip(linears, [m for m in plain if isinstance(m, nn.Linear)], strict=True):
+        dst.load_state_dict(src.state_dict())
+    return plain
+
+
+class Binder(nn.Module):
+    """Heads for the projected modalities plus the learnable logit scale.
+
+    ``forward(batch)`` maps every projected modality (and its bad partners) into the anchor
+    space and returns L2-normalised features with the masks passed through, plus the scale.
+    """
+
+    def __init__(self, dims: dict[str, int], anchor: str, modalities: list[str], hidden: int = 2048,
+                 depth: int = 2, dropout: float = 0.0, out_dim: int = 0, init_scale: float = 1 / 0.07,
+                 max_scale: float = 100.0):
+        super().__init__()
+        self.anchor, self.modalities, self.max_scale = anchor, list(modalities), max_scale
+        out = out_dim or dims[anchor]
+        if out != dims[anchor]:
+            raise ManifestError(f"train.out_dim: {out} differs from the anchor's dim {dims[anchor]}; "
+                             "heads map into the anchor space, so leave it 0")
+        self.heads = nn.ModuleDict({m: make_head(dims[m], out, hidden, depth, dropout) for m in modalities})
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(init_scale)))
+
+    def scale(self) -> torch.Tensor:
+        return self.logit_scale.exp().clamp(max=self.max_scale)
+
+    def project(self, modality: str, x: torch.Tensor) -> torch.Tensor:
+        if modality in self.heads:
+            x = self.heads[modality](x)
+        return F.normalize(x.float(), dim=-1)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = {"anchor": F.normalize(batch["anchor"].float(), dim=-1), "scale": self.scale()}
+        for m in self.modalities:
+            if f"{m}_bad" in batch:  # rated hard negatives go through the same head in one call
+                n = batch[m].shape[0]
+                both = self.project(m, torch.cat([batch[m], batch[f"{m}_bad"]]))
+                out[m], out[f"{m}_bad"] = both[:n], both[n:]
+                out[f"{m}_bad_mask"] = batch[f"{m}_bad_mask"]
+            else:
+                out[m] = self.project(m, batch[m])
+            out[f"{m}_mask"], out[f"{m}_weight"] = batch[f"{m}_mask"], batch[f"{m}_weight"]
+        return out
