@@ -11,6 +11,7 @@ types, and an optional ``CHOICES`` mapping narrows string fields to a fixed set.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 import types
@@ -18,6 +19,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from pipeline.core.layout import OutputLayout
 
 MODALITIES = ("image", "text", "video", "audio", "points")
 
@@ -96,9 +99,18 @@ class PrecomputeConfig:
     prefetch_factor: int = 4  # batches prefetched per worker
     compile: bool = False  # torch.compile the encoder
     handler: str = "record"  # bad sample policy: record (status row, go on) | raise
+    trust_code: bool = False  # allow an encoder named as a bare `module:function` (imports and runs that code)
+    max_member_mb: float = 512.0  # a tar member larger than this (compressed or not) is a status row, never read
+    engine: str = "local"  # local (this process / torch.distributed world) | ray (parts scheduled on a Ray cluster)
+    ray_address: str = ""  # Ray cluster to join; "" = RAY_ADDRESS, else a local cluster
+    cpus_per_worker: float = 1.0  # CPUs per Ray encoder actor
+    gpus_per_worker: float = 0.0  # GPUs per Ray encoder actor (0 on a CPU cluster)
+    workers: int = 0  # Ray encoder actors; 0 = as many as the cluster's resources allow
+    max_retries: int = 3  # times a failed or lost part is retried under ray
     CHOICES: typing.ClassVar[dict[str, tuple[str, ...]]] = {
         "precision": ("bf16", "fp16", "fp32"),
         "handler": ("record", "raise"),
+        "engine": ("local", "ray"),
     }
 
 
@@ -155,6 +167,7 @@ class TrainConfig:
     in_memory: str = "auto"  # auto | gpu | stream: where the cached dataset lives
     memory_gb: float = 0.0  # memory the cached vectors may take (whole, or stream cache); 0 = 60 % of free GPU memory on CUDA, 50 % of available RAM on CPU
     checkpoint_every: int = 0  # save_state every N steps; 0 = at an epoch's end if the last save is > 2 min old
+    bridge: str = ""  # a `bindery bridge` output under <output>/bridge/ whose pseudo partners to train on; "" = none
     CHOICES: typing.ClassVar[dict[str, tuple[str, ...]]] = {
         "precision": ("no", "bf16", "fp16"),
         "partial": ("drop", "soft"),
@@ -171,6 +184,64 @@ class EvalConfig:
     eshot: tuple[str, ...] = ("audio:points", "points:audio")  # EShot pairs, query:class-source
     ridge_lambda: float = 1.0  # L2 penalty of the closed-form ridge baseline (metrics.json "baselines")
     CHOICES: typing.ClassVar[dict[str, tuple[str, ...]]] = {"split": ("val", "all")}
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    """BrokenBind (METHODS.md section 4): pseudo partners for two modalities that never co-occur."""
+
+    name: str = "default"  # folder under <output>/bridge/
+    pivot: str = "text"  # the modality both sets share
+    modalities: tuple[str, ...] = ()  # the two modalities to bind, e.g. ["image", "audio"]
+    route: str = "both"  # cross-modal (feature-space map) | cross-dataset (sample-space combination) | both
+    ridge_lambda: float = 0.0  # ridge penalty of both transitions; 0 = chosen by k-fold CV on training items
+    neighbors: int = 64  # other-set items the sample-space route combines per item; 0 = all (kernel form)
+    memory_gb: float = 4.0  # memory budget of the sample-space route's blocks
+    seed: int = 0  # seeds the CV folds and the validation slice
+    CHOICES: typing.ClassVar[dict[str, tuple[str, ...]]] = {"route": ("cross-modal", "cross-dataset", "both")}
+
+
+@dataclass(frozen=True)
+class CondenseConfig:
+    """ImageBindDC (METHODS.md section 5): a few synthetic pairs per class, by CF distribution matching."""
+
+    name: str = "default"  # condensed sets go to <output>/condensed/<name>-<per_class>/
+    modalities: tuple[str, ...] = ("image", "text")  # two or more modalities that co-occur
+    label_key: str = "label"  # field of the samples' json metadata that holds the class
+    per_class: tuple[int, ...] = (1, 10, 20)  # synthetic pairs per class; one set for each value
+    steps: int = 500  # optimisation steps per set
+    lr: float = 0.01  # Adam learning rate of the synthetic vectors
+    frequencies: int = 4096  # CFD frequencies drawn per step (NCFM: 4096)
+    sigma: float = 1.0  # standard deviation of the CFD frequencies (NCFM: 1)
+    alpha: float = 0.5  # CFD amplitude weight (NCFM: 0.5)
+    beta: float = 0.5  # CFD phase weight (NCFM: 0.5)
+    cross_weight: float = 1.0  # weight of the cross-modal term (element-wise products)
+    joint_weight: float = 1.0  # weight of the joint term (cross-product matrix)
+    batch_size: int = 256  # real items per class per step
+    init: str = "real"  # real (random real pairs of the class) | noise
+    space: str = "store"  # store (the raw stores) | the name of a run whose exported heads give the space
+    evaluate: bool = False  # also write condensed/<name>/report.json (train on condensed, test on real)
+    seed: int = 0  # seeds the init, the frequencies and the batches
+    CHOICES: typing.ClassVar[dict[str, tuple[str, ...]]] = {"init": ("real", "noise")}
+
+
+@dataclass(frozen=True)
+class AnalyzeConfig:
+    """Fused-embedding analysis (Hamara & Rivas; METHODS.md section 6)."""
+
+    name: str = "default"  # folder under <output>/analysis/
+    run: str = ""  # run whose exported heads give the bound space; "" = the stores as they are (one space)
+    fuse: tuple[str, ...] = ("image:0.5", "text:0.5")  # modality:weight terms of the fused vector
+    group_key: str = ""  # metadata field grouping samples into listings; "" = each sample alone
+    normalize: bool = False  # L2-normalise the fused vectors (the paper averages raw)
+    dims: tuple[int, ...] = (8, 16, 32, 64, 128)  # PCA dimensions tried
+    ks: tuple[int, ...] = (4, 8, 16, 32)  # k-means cluster counts tried
+    label_key: str = "label"  # metadata field with external labels (NMI, ARI, purity); "" = none
+    query: tuple[str, ...] = ()  # modalities whose items retrieve listings, e.g. ["audio"]
+    neighbors: int = 5  # listings shown per centroid and retrieved per query
+    large: int = 100_000  # past this many listings: faiss k-means, randomized PCA, sampled silhouette
+    silhouette_sample: int = 10_000  # items the sampled silhouette uses past `large`
+    seed: int = 0  # seeds PCA, k-means and the samples
 
 
 @dataclass(frozen=True)
@@ -192,11 +263,19 @@ class Manifest:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
+    bridge: BridgeConfig = field(default_factory=BridgeConfig)
+    condense: CondenseConfig = field(default_factory=CondenseConfig)
+    analyze: AnalyzeConfig = field(default_factory=AnalyzeConfig)
     path: str = ""  # where it was read from ("" for an embedded or built manifest)
 
     @property
     def output(self) -> Path:
         return Path(self.dataset.output)
+
+    @property
+    def layout(self) -> OutputLayout:
+        """Every path under ``dataset.output``."""
+        return OutputLayout(self.dataset.output)
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict (TOML-able) of every key, defaults included: what made a run."""
@@ -212,6 +291,9 @@ SECTIONS: dict[str, type] = {
     "train": TrainConfig,
     "eval": EvalConfig,
     "publish": PublishConfig,
+    "bridge": BridgeConfig,
+    "condense": CondenseConfig,
+    "analyze": AnalyzeConfig,
 }
 
 
@@ -250,6 +332,8 @@ def _coerce(key: str, value: Any, hint: Any, choices: tuple[str, ...] | None) ->
                 raise ManifestError(f"{key}: expected {what}, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, accepted):
             raise ManifestError(f"{key}: expected {what}, got {value!r}")
+        if not math.isfinite(value):
+            raise ManifestError(f"{key}: expected a finite number, got {value!r}; NaN and inf are never valid")
         return hint(value)
     if hint is str:
         if not isinstance(value, str):
@@ -281,16 +365,27 @@ def _build(cls: type, table: Any, prefix: str) -> Any:
     return cls(**kwargs)
 
 
-def _check_values(m: Manifest) -> None:
-    """Cross-field and range checks that types alone do not catch."""
-    def positive(key: str, value: float) -> None:
-        if value <= 0:
-            raise ManifestError(f"{key}: must be > 0, got {value!r}")
+def _positive(key: str, value: float) -> None:
+    if value <= 0:
+        raise ManifestError(f"{key}: must be > 0, got {value!r}")
 
-    def device(key: str, value: str) -> None:
-        if not (value in ("auto", "cpu", "cuda") or value.startswith("cuda:")):
-            raise ManifestError(f"{key}: {value!r} is not allowed; use auto, cpu, cuda or cuda:N")
 
+def _non_negative(key: str, value: float, zero: str = "off") -> None:
+    if value < 0:
+        raise ManifestError(f"{key}: must be >= 0 (0 = {zero}), got {value!r}")
+
+
+def _device(key: str, value: str) -> None:
+    if not (value in ("auto", "cpu", "cuda") or value.startswith("cuda:")):
+        raise ManifestError(f"{key}: {value!r} is not allowed; use auto, cpu, cuda or cuda:N")
+
+
+def _modality(key: str, value: str) -> None:
+    if value not in MODALITIES:
+        raise ManifestError(f"{key}: {value!r} is not a modality; use one of {', '.join(MODALITIES)}")
+
+
+def _check_dataset(m: Manifest) -> None:
     if not m.dataset.name.strip():
         raise ManifestError("dataset.name: must not be empty")
     if not m.dataset.shards.strip():
@@ -299,56 +394,125 @@ def _check_values(m: Manifest) -> None:
         if part.strip().startswith(("http://", "https://", "s3://", "gs://")):
             raise ManifestError(f"dataset.shards: {part.strip()!r}: URLs are not read directly; stream them with a "
                                 "pipe: command, e.g. 'pipe:curl -s URL' or 'pipe:aws s3 cp URL -'")
+
+
+def _check_modalities(m: Manifest) -> None:
     if not m.modalities:
         raise ManifestError(f"modalities: declare at least one of [modalities.<{'|'.join(MODALITIES)}>]")
     for name, mod in m.modalities.items():
-        positive(f"modalities.{name}.batch_size", mod.batch_size)
+        _positive(f"modalities.{name}.batch_size", mod.batch_size)
         if not mod.encoder.strip():
             raise ManifestError(f"modalities.{name}.encoder: must not be empty")
         for fname in ("frames", "points", "views", "seconds", "max_pixels", "max_points", "max_seconds", "max_chars"):
             if hasattr(mod, fname):
-                positive(f"modalities.{name}.{fname}", getattr(mod, fname))
+                _positive(f"modalities.{name}.{fname}", getattr(mod, fname))
         if isinstance(mod, AudioConfig) and mod.sample_rate < 0:
             raise ManifestError(f"modalities.{name}.sample_rate: must be >= 0 (0 = the encoder's rate)")
+
+
+def _check_precompute(m: Manifest) -> None:
     pc = m.precompute
-    device("precompute.device", pc.device)
-    positive("precompute.prefetch_factor", pc.prefetch_factor)
-    for key, mod in (("pair.query", m.pair.query), ("train.anchor", m.train.anchor)):
-        if mod not in MODALITIES:
-            raise ManifestError(f"{key}: {mod!r} is not a modality; use one of {', '.join(MODALITIES)}")
-    for key, mods in (("pair.targets", m.pair.targets), ("train.modalities", m.train.modalities),
-                      ("train.anchor_passthrough", m.train.anchor_passthrough)):
-        for mod in mods:
-            if mod not in MODALITIES:
-                raise ManifestError(f"{key}: {mod!r} is not a modality; use one of {', '.join(MODALITIES)}")
-    positive("pair.k", m.pair.k)
-    positive("pair.memory_gb", m.pair.memory_gb)
-    positive("pair.query_chunk", m.pair.query_chunk)
-    if m.pair.max_uses < 0:
-        raise ManifestError("pair.max_uses: must be >= 0 (0 = no limit)")
-    positive("pair.nprobe", m.pair.nprobe)
-    device("pair.device", m.pair.device)
+    _device("precompute.device", pc.device)
+    for key in ("prefetch_factor", "max_member_mb", "cpus_per_worker"):
+        _positive(f"precompute.{key}", getattr(pc, key))
+    for key in ("gpus_per_worker", "workers", "max_retries"):
+        _non_negative(f"precompute.{key}", getattr(pc, key), "none" if key != "workers" else "automatic")
+
+
+def _check_pair(m: Manifest) -> None:
+    p = m.pair
+    _modality("pair.query", p.query)
+    for mod in p.targets:
+        _modality("pair.targets", mod)
+    for key in ("k", "memory_gb", "query_chunk", "nprobe"):
+        _positive(f"pair.{key}", getattr(p, key))
+    _non_negative("pair.max_uses", p.max_uses, "no limit")
+    _device("pair.device", p.device)
+
+
+def _check_train(m: Manifest) -> None:
     t = m.train
+    _modality("train.anchor", t.anchor)
+    for key in ("modalities", "anchor_passthrough"):
+        for mod in getattr(t, key):
+            _modality(f"train.{key}", mod)
     for key in ("hidden", "depth", "epochs", "batch_size", "lr"):
-        positive(f"train.{key}", getattr(t, key))
+        _positive(f"train.{key}", getattr(t, key))
     if not 0.0 <= t.dropout < 1.0:
         raise ManifestError(f"train.dropout: must be in [0, 1), got {t.dropout}")
     if not 0.0 < t.val_fraction < 1.0:
         raise ManifestError(f"train.val_fraction: must be in (0, 1), got {t.val_fraction}")
     for key in ("hard_negatives", "queue_size", "checkpoint_every", "warmup_steps", "cyclip_in_modal",
                 "cyclip_cross_modal"):
-        if getattr(t, key) < 0:
-            raise ManifestError(f"train.{key}: must be >= 0 (0 = off), got {getattr(t, key)}")
+        _non_negative(f"train.{key}", getattr(t, key))
     if not 0.0 < t.partial_weight <= 1.0:
         raise ManifestError(f"train.partial_weight: must be in (0, 1], got {t.partial_weight}")
+
+
+def _check_eval(m: Manifest) -> None:
     for k in m.eval.ks:
-        positive("eval.ks", k)
-    positive("eval.ridge_lambda", m.eval.ridge_lambda)
+        _positive("eval.ks", k)
+    _positive("eval.ridge_lambda", m.eval.ridge_lambda)
     for pair in m.eval.eshot:
         a, sep, b = pair.partition(":")
         if not sep or a not in MODALITIES or b not in MODALITIES:
             raise ManifestError(f"eval.eshot: {pair!r} must be 'query:classes', two modalities like 'audio:points'")
-    positive("publish.part_mb", m.publish.part_mb)
+
+
+def _check_publish(m: Manifest) -> None:
+    _positive("publish.part_mb", m.publish.part_mb)
+
+
+def _check_bridge(m: Manifest) -> None:
+    b = m.bridge
+    _modality("bridge.pivot", b.pivot)
+    for mod in b.modalities:
+        _modality("bridge.modalities", mod)
+    _non_negative("bridge.ridge_lambda", b.ridge_lambda, "chosen by cross-validation")
+    _non_negative("bridge.neighbors", b.neighbors, "all")
+    _positive("bridge.memory_gb", b.memory_gb)
+
+
+def _check_condense(m: Manifest) -> None:
+    c = m.condense
+    for mod in c.modalities:
+        _modality("condense.modalities", mod)
+    for n in c.per_class:
+        _positive("condense.per_class", n)
+    for key in ("steps", "lr", "frequencies", "sigma", "batch_size"):
+        _positive(f"condense.{key}", getattr(c, key))
+    for key in ("alpha", "beta", "cross_weight", "joint_weight"):
+        _non_negative(f"condense.{key}", getattr(c, key))
+
+
+def _check_analyze(m: Manifest) -> None:
+    a = m.analyze
+    for term in a.fuse:
+        mod, sep, weight = term.partition(":")
+        try:
+            ok = sep and mod in MODALITIES and math.isfinite(float(weight)) and float(weight) > 0
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ManifestError(f"analyze.fuse: {term!r} must be 'modality:weight' with a weight > 0, "
+                                "like \"image:0.5\"")
+    for mod in a.query:
+        _modality("analyze.query", mod)
+    for key in ("dims", "ks"):
+        for v in getattr(a, key):
+            _positive(f"analyze.{key}", v)
+    for key in ("neighbors", "large", "silhouette_sample"):
+        _positive(f"analyze.{key}", getattr(a, key))
+
+
+# One check per section, in manifest order: cross-field and range checks that types alone do not catch.
+CHECKS = (_check_dataset, _check_modalities, _check_precompute, _check_pair, _check_train, _check_eval,
+          _check_publish, _check_bridge, _check_condense, _check_analyze)
+
+
+def _check_values(m: Manifest) -> None:
+    for check in CHECKS:
+        check(m)
 
 
 # ----------------------------------------------------------------------------- loading

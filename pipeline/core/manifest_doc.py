@@ -65,5 +65,18 @@ def reference() -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def write_readme(path: str = "README.md") -> None:
+    """Replace the README's generated block with :func:`reference`."""
+    from pathlib import Path
+
+    readme = Path(path)
+    text = readme.read_text(encoding="utf-8")
+    start, end = text.index(BEGIN), text.index(END) + len(END)
+    readme.write_text(text[:start] + reference().rstrip("\n") + text[end:], encoding="utf-8")
+
+
 if __name__ == "__main__":
-    sys.stdout.write(reference())
+    if sys.argv[1:] == ["--write"]:
+        write_readme()
+    else:
+        sys.stdout.write(reference())
