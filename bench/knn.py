@@ -58,7 +58,8 @@ def measure_search(n_targets: int, dim: int, n_queries: int, device: str) -> dic
 
 def write_synthetic_stores(output: Path, n_queries: int, n_pool: int, dim: int, noise: float = 0.5) -> None:
     """Captions = random unit vectors; every pool holds noisy copies of the first ``n_pool`` captions."""
-    from pipeline.core.store import embeddings_dir, part_name, write_embeddings
+    from pipeline.core.layout import part_name
+    from pipeline.core.store import embeddings_dir, write_embeddings
 
     text = _unit_randn(n_queries, dim, 2)
     part = 250_000

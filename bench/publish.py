@@ -23,7 +23,8 @@ import pyarrow.parquet as pq
 def _write_inputs(out: Path, n: int, k: int = 16, parts: int = 8) -> None:
     import faiss
 
-    from pipeline.core.store import atomic_write_table, embeddings_dir, part_name, write_embeddings
+    from pipeline.core.layout import part_name
+    from pipeline.core.store import atomic_write_table, embeddings_dir, write_embeddings
 
     rng = np.random.default_rng(0)
     keys = np.array([f"k{i:09d}" for i in range(n)])

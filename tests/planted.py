@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.core.store import embeddings_dir, part_name, write_embeddings
+from pipeline.core.layout import part_name
+from pipeline.core.store import embeddings_dir, write_embeddings
 
 
 def unit(x: np.ndarray) -> np.ndarray:

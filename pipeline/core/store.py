@@ -26,22 +26,24 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-STATUSES = ("missing", "corrupt", "error")
+from pipeline.core.layout import PART_GLOB, OutputLayout
+
+STATUSES = ("missing", "corrupt", "error", "duplicate")
 META_PREFIX = "bindery."
+# The store metadata that says which encoder made a store and what its vectors are: parts that
+# differ in any of these must never be mixed in one store, and a finished part is reused only
+# when all of them match the current encoder's.
+STORE_IDENTITY = ("encoder", "digest", "dim", "dtype", "normalized")
 
 STATUS_SCHEMA = pa.schema([("key", pa.string()), ("status", pa.string()), ("error", pa.string())])
 
 
 def embeddings_dir(output: str | Path, modality: str) -> Path:
-    return Path(output) / "embeddings" / modality
+    return OutputLayout(output).embeddings(modality)
 
 
 def status_dir(output: str | Path, modality: str) -> Path:
-    return Path(output) / "status" / modality
-
-
-def part_name(shard_id: str) -> str:
-    return f"part-{shard_id}.parquet"
+    return OutputLayout(output).status(modality)
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
@@ -124,11 +126,11 @@ def list_parts(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.glob("part-*.parquet") if not p.name.startswith("."))
+    return sorted(p for p in folder.glob(PART_GLOB) if not p.name.startswith("."))
 
 
 def stored_modalities(output: str | Path) -> list[str]:
-    root = Path(output) / "embeddings"
+    root = OutputLayout(output).embeddings_root
     if not root.is_dir():
         return []
     return sorted(p.name for p in root.iterdir() if p.is_dir() and list_parts(p))
@@ -173,7 +175,7 @@ def read_store(output: str | Path, modality: str) -> Store:
         raise FileNotFoundError(
             f"no embedding store for {modality!r} under {embeddings_dir(output, modality)}; run `bindery precompute` first")
     meta = read_metadata(parts[0])
-    same = ("encoder", "digest", "dim")
+    same = STORE_IDENTITY
     for p in parts[1:]:
         other = read_metadata(p)
         if any(other.get(k) != meta.get(k) for k in same):
@@ -192,3 +194,22 @@ def read_status(output: str | Path, modality: str) -> pa.Table:
     if not parts:
         return status_table([])
     return pa.concat_tables([pq.read_table(p) for p in parts])
+
+
+def store_identity(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """The :data:`STORE_IDENTITY` fields of a store's metadata."""
+    return {k: metadata.get(k) for k in STORE_IDENTITY}
+
+
+def identity_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """``"field old -> new"`` for every identity field that differs (empty when one encoder made both)."""
+    return [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in STORE_IDENTITY if old.get(k) != new.get(k)]
+
+
+def store_fingerprint(output: str | Path, modality: str) -> dict[str, Any]:
+    """What identifies a store's content cheaply: its identity (the first part's metadata) and its
+    parts' names and sizes. A re-encoded or re-written store gets another fingerprint; used by
+    pairing's resumable chunks and the trainer's resumable checkpoints alike."""
+    parts = list_parts(embeddings_dir(output, modality))
+    meta = read_metadata(parts[0]) if parts else {}
+    return {**store_identity(meta), "parts": [[p.name, p.stat().st_size] for p in parts]}

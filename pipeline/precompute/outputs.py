@@ -19,11 +19,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.core.layout import part_name
 from pipeline.core.store import (
     atomic_write_table,
     atomic_write_text,
     list_parts,
-    part_name,
     read_status,
     write_embeddings,
 )

@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.core.layout import part_name
 from pipeline.core.manifest import Manifest, ManifestError
 from pipeline.core.store import (
     atomic_write_text,
     embeddings_dir,
-    part_name,
     read_metadata,
     status_dir,
     write_embeddings,

@@ -6,12 +6,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.core import store
+from pipeline.core.layout import part_name
 from tests.planted import write_planted_stores
 
 
 def test_roundtrip_float16_with_metadata(tmp_path):
     vecs = np.random.default_rng(0).standard_normal((5, 8)).astype(np.float32)
-    path = store.embeddings_dir(tmp_path, "image") / store.part_name("s0")
+    path = store.embeddings_dir(tmp_path, "image") / part_name("s0")
     store.write_embeddings(path, list("abcde"), vecs, "float16", {"encoder": "e", "dim": 8, "preprocessing": {"a": 1}})
     part = store.read_part(path)
     assert list(part.keys) == list("abcde") and part.vectors.dtype == np.float16 and part.dim == 8
@@ -30,7 +31,7 @@ def test_empty_part_and_bad_shapes(tmp_path):
 
 def test_atomic_write_leaves_no_temp_and_list_parts_hides_temps(tmp_path):
     folder = store.embeddings_dir(tmp_path, "text")
-    store.write_embeddings(folder / store.part_name("1"), ["a"], np.ones((1, 2)), "float32")
+    store.write_embeddings(folder / part_name("1"), ["a"], np.ones((1, 2)), "float32")
     (folder / ".part-2.parquet.abc.tmp").write_bytes(b"half")
     assert [p.name for p in store.list_parts(folder)] == ["part-1.parquet"]
     assert [p.name for p in folder.iterdir() if p.name.endswith(".tmp")] == [".part-2.parquet.abc.tmp"]
@@ -40,7 +41,7 @@ def test_atomic_write_leaves_no_temp_and_list_parts_hides_temps(tmp_path):
 
 def test_status_tables(tmp_path):
     rows = [("k1", "missing", "no jpg"), ("k2", "corrupt", "bad")]
-    store.write_status(store.status_dir(tmp_path, "image") / store.part_name("0"), rows)
+    store.write_status(store.status_dir(tmp_path, "image") / part_name("0"), rows)
     table = store.read_status(tmp_path, "image")
     assert [tuple(r.values()) for r in table.to_pylist()] == rows
     assert store.read_status(tmp_path, "audio").num_rows == 0

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from pipeline.core.heads_file import plain_head, save_heads
+from pipeline.core.layout import part_name
 from pipeline.core.manifest import ManifestError, from_dict
-from pipeline.core.store import embeddings_dir, part_name, write_embeddings
+from pipeline.core.store import embeddings_dir, write_embeddings
 from pipeline.pair import stage as pair
 from pipeline.pair.filters import capped_choice
 from tests.planted import write_planted_stores
