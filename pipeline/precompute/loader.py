@@ -2,26 +2,34 @@
 
 It runs in DataLoader workers: each worker takes a round-robin share of the rank's shards,
 reads each shard once, decodes every needed modality of every sample, runs each modality's
-preprocessor per batch, and yields tagged messages in shard order:
+preprocessor per batch, and yields typed messages in shard order:
 
-* ``{"kind": "batch", "shard", "modality", "keys", "batch"}`` -- a preprocessed batch;
-* ``{"kind": "end", "shard", "status", "metadata", "fault", "read_s", "samples"}`` -- after the
-  shard's last batch: per-modality status rows, the metadata rows (key, json) and the read fault.
+* :class:`ModalityBatch` -- a preprocessed batch of one modality of one shard;
+* :class:`ShardDone` -- after the shard's last batch: per-modality status rows, the metadata
+  rows (key, json) and the read fault.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from pipeline.core.manifest import ModalityConfig, PrecomputeConfig
+from pipeline.encoders.base import Batch
 from pipeline.ingest.decode import DecodeError, decode_member
 from pipeline.ingest.shards import Shard, ShardFault, iter_samples, split_by
+from pipeline.precompute.handlers import Handler, keep_going, record_and_continue
 
 log = logging.getLogger(__name__)
+
+StatusRow = tuple[str, str, str]  # key, status, error message
 
 
 @dataclass(frozen=True)
@@ -31,13 +39,48 @@ class ShardWork:
     write_metadata: bool  # the metadata part is missing
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModalityPlan:
     """What a worker needs to decode and preprocess one modality (picklable)."""
 
-    config: Any
-    preprocess: Any
+    config: ModalityConfig
+    preprocess: Any  # the encoder's preprocessor: decoded items -> Batch
     sample_rate: int | None = None
+
+
+@dataclass(frozen=True)
+class ModalityBatch:
+    """A preprocessed batch: ``keys[i]`` is row ``i`` of every tensor in ``batch``."""
+
+    shard: str
+    modality: str
+    keys: tuple[str, ...]
+    batch: Batch
+
+    def pin_memory(self) -> ModalityBatch:
+        """Called by the DataLoader (``pin_memory=True``) so the device copy can be asynchronous."""
+        pinned = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in self.batch.items()}
+        return dataclasses.replace(self, batch=pinned)
+
+
+@dataclass(frozen=True)
+class ShardDone:
+    """The end of a shard: everything its parts need besides the vectors."""
+
+    shard: str
+    status: dict[str, list[StatusRow]]  # per modality: rows of samples without a vector so far
+    samples: int  # complete samples read
+    metadata: list[tuple[str, str]] | None  # (key, json text); None when the metadata part exists
+    fault: str | None  # the read fault, if the shard could not be read to its end
+    read_s: float  # seconds this worker spent reading, decoding and preprocessing the shard
+
+    @property
+    def unread(self) -> bool:
+        """A fault before a single sample was read (a missing file, a failing pipe)."""
+        return self.fault is not None and not self.samples and not any(self.status.values())
+
+
+Message = ModalityBatch | ShardDone
 
 
 @dataclass
@@ -46,92 +89,123 @@ class _Pending:
     items: list[Any] = field(default_factory=list)
 
 
+class _BusyClock:
+    """Seconds spent working, not counting the time a generator is suspended at a yield."""
+
+    def __init__(self) -> None:
+        self.total, self._since = 0.0, time.perf_counter()
+
+    def pause(self) -> None:
+        self.total += time.perf_counter() - self._since
+
+    def resume(self) -> None:
+        self._since = time.perf_counter()
+
+
 class ShardDataset(torch.utils.data.IterableDataset):
-    def __init__(self, work: list[ShardWork], plans: dict[str, ModalityPlan], handler: str = "record"):
+    def __init__(self, work: list[ShardWork], plans: dict[str, ModalityPlan],
+                 handler: Handler = record_and_continue):
         super().__init__()
         self.work, self.plans, self.handler = work, plans, handler
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Message]:
         info = torch.utils.data.get_worker_info()
         work = split_by(self.work, info.id, info.num_workers) if info else self.work
         for item in work:
-            yield from self._shard(item)
+            yield from _ShardReader(item, self.plans, self.handler).messages()
 
-    def _batch(self, shard_id: str, modality: str, pending: _Pending, status: list):
+
+class _ShardReader:
+    """One shard read once: decoded members gathered into batches, the rest into status rows."""
+
+    def __init__(self, work: ShardWork, plans: dict[str, ModalityPlan], handler: Handler):
+        self.work, self.plans, self.handler = work, plans, handler
+        self.shard_id = work.shard.shard_id
+        self.pending = {m: _Pending() for m in work.modalities}
+        self.status: dict[str, list[StatusRow]] = {m: [] for m in work.modalities}
+        self.metadata: list[tuple[str, str]] = []
+        self.fault: str | None = None
+        self.samples = 0
+
+    def messages(self) -> Iterator[Message]:
+        clock = _BusyClock()
+        for batch in self._batches():
+            clock.pause()
+            yield batch
+            clock.resume()
+        clock.pause()
+        yield ShardDone(self.shard_id, self.status, self.samples,
+                        self.metadata if self.work.write_metadata else None, self.fault, clock.total)
+
+    def _batches(self) -> Iterator[ModalityBatch]:
+        for sample in iter_samples(self.work.shard.url):
+            if isinstance(sample, ShardFault):
+                self._record_fault(sample)
+                break
+            self.samples += 1
+            key = str(sample["__key__"])
+            self.metadata.append((key, _json_text(sample.get("json"))))
+            for m in self.work.modalities:
+                if self._decode(sample, key, m) and len(self.pending[m].keys) >= self.plans[m].config.batch_size:
+                    yield from self._flush(m)
+        for m in self.work.modalities:
+            if self.pending[m].keys:
+                yield from self._flush(m)
+
+    def _record_fault(self, fault: ShardFault) -> None:
+        self.fault = fault.error
+        if fault.partial_key is not None:
+            for m in self.work.modalities:
+                self.status[m].append((fault.partial_key, "error", f"shard read fault: {fault.error}"))
+            self.metadata.append((fault.partial_key, ""))
+
+    def _decode(self, sample: dict[str, Any], key: str, modality: str) -> bool:
+        """Decode one member into the pending batch; False (and a status row) when it is bad."""
+        plan = self.plans[modality]
+        try:
+            item = decode_member(sample, modality, plan.config, plan.sample_rate)
+        except DecodeError as exc:
+            if exc.status != "missing":  # an absent member is never a fault of the input
+                keep_going(self.handler, exc)
+            self.status[modality].append((key, exc.status, str(exc)))
+            return False
+        except Exception as exc:  # a decoder bug must not end the job either
+            keep_going(self.handler, exc)
+            self.status[modality].append((key, "error", f"{modality}: {type(exc).__name__}: {exc}"))
+            return False
+        self.pending[modality].keys.append(key)
+        self.pending[modality].items.append(item)
+        return True
+
+    def _flush(self, modality: str) -> Iterator[ModalityBatch]:
+        pending, self.pending[modality] = self.pending[modality], _Pending()
+        keys, batch = self._preprocess(modality, pending)
+        if keys:
+            yield ModalityBatch(self.shard_id, modality, tuple(keys), batch)
+
+    def _preprocess(self, modality: str, pending: _Pending) -> tuple[list[str], Batch | None]:
         """Preprocess one batch; an item the preprocessor rejects becomes an error row, not a lost batch."""
         pre = self.plans[modality].preprocess
         try:
-            batch = pre(pending.items)
-            keys = pending.keys
+            return pending.keys, _tensors(pre(pending.items))
         except Exception as exc:
-            if self.handler == "raise":
-                raise
+            keep_going(self.handler, exc)
             log.debug("batch preprocessing failed (%s); retrying item by item", exc)
-            keys, good = [], []
-            for key, it in zip(pending.keys, pending.items, strict=True):
-                try:
-                    pre([it])
-                    keys.append(key)
-                    good.append(it)
-                except Exception as item_exc:
-                    status[modality].append((key, "error", f"preprocess: {type(item_exc).__name__}: {item_exc}"))
-            if not keys:
-                return None
-            batch = pre(good)
-        return {"kind": "batch", "shard": shard_id, "modality": modality, "keys": keys, "batch": batch}
+        keys, good = [], []
+        for key, item in zip(pending.keys, pending.items, strict=True):
+            try:
+                pre([item])
+            except Exception as item_exc:
+                self.status[modality].append((key, "error", f"preprocess: {type(item_exc).__name__}: {item_exc}"))
+                continue
+            keys.append(key)
+            good.append(item)
+        return (keys, _tensors(pre(good))) if keys else ([], None)
 
-    def _shard(self, work: ShardWork):
-        t0 = time.perf_counter()
-        busy = 0.0
-        mods = work.modalities
-        pending = {m: _Pending() for m in mods}
-        status: dict[str, list[tuple[str, str, str]]] = {m: [] for m in mods}
-        metadata: list[tuple[str, str]] = []
-        fault, samples = None, 0
-        for sample in iter_samples(work.shard.url):
-            if isinstance(sample, ShardFault):
-                fault = sample.error
-                if sample.partial_key is not None:
-                    for m in mods:
-                        status[m].append((sample.partial_key, "error", f"shard read fault: {sample.error}"))
-                    metadata.append((sample.partial_key, ""))
-                break
-            samples += 1
-            key = str(sample["__key__"])
-            metadata.append((key, _json_text(sample.get("json"))))
-            for m in mods:
-                plan = self.plans[m]
-                try:
-                    item = decode_member(sample, m, plan.config, plan.sample_rate)
-                except DecodeError as exc:
-                    if self.handler == "raise" and exc.status != "missing":
-                        raise
-                    status[m].append((key, exc.status, str(exc)))
-                    continue
-                except Exception as exc:  # a decoder bug must not end the job either
-                    if self.handler == "raise":
-                        raise
-                    status[m].append((key, "error", f"{m}: {type(exc).__name__}: {exc}"))
-                    continue
-                pending[m].keys.append(key)
-                pending[m].items.append(item)
-                if len(pending[m].keys) >= plan.config.batch_size:
-                    msg = self._batch(work.shard.shard_id, m, pending[m], status)
-                    pending[m] = _Pending()
-                    if msg:
-                        busy += time.perf_counter() - t0
-                        yield msg
-                        t0 = time.perf_counter()
-        for m in mods:
-            if pending[m].keys:
-                msg = self._batch(work.shard.shard_id, m, pending[m], status)
-                if msg:
-                    busy += time.perf_counter() - t0
-                    yield msg
-                    t0 = time.perf_counter()
-        busy += time.perf_counter() - t0
-        yield {"kind": "end", "shard": work.shard.shard_id, "status": status, "samples": samples,
-               "metadata": metadata if work.write_metadata else None, "fault": fault, "read_s": busy}
+
+def _tensors(batch: Batch) -> Batch:
+    """NumPy values as tensors: the DataLoader's own conversion, which passes a dataclass by."""
+    return torch.utils.data.default_convert(batch)
 
 
 def _json_text(data: Any) -> str:
@@ -140,3 +214,33 @@ def _json_text(data: Any) -> str:
     if isinstance(data, bytes):
         return data.decode("utf-8", errors="replace")
     return str(data)
+
+
+# ----------------------------------------------------------------------------- the DataLoader
+
+
+def _num_workers(setting: int, world: int) -> int:
+    if setting >= 0:
+        return setting
+    return max(1, min(8, (os.cpu_count() or 2) // max(world, 1) - 1))
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+def _share_cpu(workers: int, world: int, device: torch.device) -> None:
+    """On the CPU, leave the DataLoader workers their cores: oversubscribed intra-op threads
+    spin against the decoders and the encoder slows down many-fold. OMP_NUM_THREADS wins."""
+    if device.type == "cpu" and workers and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) // max(world, 1) - workers))
+
+
+def make_loader(dataset: ShardDataset, pc: PrecomputeConfig, world: int,
+                device: torch.device) -> torch.utils.data.DataLoader:
+    """The rank's DataLoader over ``dataset``: one message at a time, workers sized from the CPUs."""
+    workers = _num_workers(pc.num_workers, world)
+    _share_cpu(workers, world, device)
+    extra = {"prefetch_factor": pc.prefetch_factor, "worker_init_fn": _worker_init} if workers else {}
+    return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers,
+                                       pin_memory=device.type == "cuda", **extra)

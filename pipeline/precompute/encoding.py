@@ -1,0 +1,72 @@
+"""The device side of precompute: one modality's frozen encoder, batches -> unit vectors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.core.manifest import ModalityConfig, PrecomputeConfig
+from pipeline.encoders.base import Batch, Encoder
+from pipeline.precompute.loader import ModalityPlan
+
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def pick_device(setting: str, state: Any) -> torch.device:
+    """``[precompute] device`` for this rank (``state``: accelerate's PartialState)."""
+    if setting == "auto":
+        return state.device if torch.cuda.is_available() else torch.device("cpu")
+    if setting == "cuda":
+        return torch.device("cuda", state.local_process_index)
+    return torch.device(setting)
+
+
+class Encoding:
+    """One modality's encoder on the device: batches -> unit vectors (and the rows it could not encode)."""
+
+    def __init__(self, modality: str, encoder: Encoder, config: ModalityConfig, pc: PrecomputeConfig,
+                 dataset: str, device: torch.device):
+        self.modality, self.encoder, self.config, self.device = modality, encoder.to(device), config, device
+        self.dtype = config.dtype
+        self.autocast = AUTOCAST.get(pc.precision) if device.type == "cuda" else None
+        self.forward = torch.compile(encoder.encode, dynamic=True) if pc.compile else encoder.encode
+        self.metadata = _json_safe({
+            "encoder": encoder.name, "digest": encoder.digest(), "dim": encoder.dim, "dtype": config.dtype,
+            "normalized": True, "modality": modality, "dataset": dataset,
+            "precision": pc.precision if self.autocast else "fp32", "device": device.type,
+            "preprocessing": {**dataclasses.asdict(config), **encoder.provenance(),
+                              **({"sample_rate": encoder.sample_rate} if encoder.sample_rate else {})},
+        })
+
+    def plan(self) -> ModalityPlan:
+        """What a DataLoader worker needs to decode and preprocess this modality."""
+        rate = getattr(self.config, "sample_rate", 0) or self.encoder.sample_rate
+        return ModalityPlan(self.config, self.encoder.preprocessor(), rate)
+
+    def __call__(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+        """(unit vectors (B, dim) float32, finite mask (B,))."""
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.autocast or torch.bfloat16,
+                                                    enabled=self.autocast is not None):
+            feats = self.forward(batch)
+        feats = feats.float()
+        norms = feats.norm(dim=-1, keepdim=True)
+        ok = torch.isfinite(feats).all(dim=-1) & (norms.squeeze(-1) > 0)
+        unit = feats / norms.clamp(min=1e-12)
+        return unit.cpu().numpy(), ok.cpu().numpy()
+
+    def texts(self, texts: list[str], batch_size: int) -> np.ndarray:
+        pre = self.encoder.preprocessor()
+        parts = [self(pre(texts[i:i + batch_size])) for i in range(0, len(texts), batch_size)]
+        if not all(ok.all() for _, ok in parts):
+            raise ValueError("the text encoder gave a non-finite or zero vector for a class name")
+        return np.concatenate([v for v, _ in parts])
+
+
+def _json_safe(value: dict[str, Any]) -> dict[str, Any]:
+    """Provenance as plain JSON (processor configs may hold their own mapping types)."""
+    return json.loads(json.dumps(value, default=lambda o: dict(o) if hasattr(o, "items") else str(o)))
