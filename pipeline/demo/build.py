@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from pipeline.core.store import atomic_write
 from pipeline.demo import sources as src
 
 log = logging.getLogger(__name__)
@@ -110,15 +111,17 @@ def select(groups: dict[str, list[src.Item]], bench: bool) -> list[tuple[str, sr
 
 def write_tar(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> None:
     """A WebDataset tar with reproducible headers (mtime 0, root owner), written via a temp name."""
-    tmp = path.with_suffix(".tar.tmp")
-    with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for key, files in samples:
-            for ext in sorted(files):
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size, info.mtime, info.mode = len(files[ext]), 0, 0o644
-                info.uname = info.gname = "root"
-                tar.addfile(info, io.BytesIO(files[ext]))
-    tmp.replace(path)
+
+    def write(tmp: Path) -> None:
+        with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+            for key, files in samples:
+                for ext in sorted(files):
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size, info.mtime, info.mode = len(files[ext]), 0, 0o644
+                    info.uname = info.gname = "root"
+                    tar.addfile(info, io.BytesIO(files[ext]))
+
+    atomic_write(path, write)
 
 
 def notice(counts: Counter, packages: set[str], rebuild: str) -> str:

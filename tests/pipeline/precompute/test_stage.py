@@ -89,8 +89,19 @@ def test_precompute_json_counts(reference, tiny_shards):
     (rank,) = summary["ranks"]
     assert sorted(rank["shards"]) == [f"shard-00000{i}" for i in range(4)]
     assert rank["parts_written"] == 4 * len(MODS)
-    for key in ("read_s", "encode_s", "write_s"):
-        assert summary[key] > 0
+    # the main loop's intervals are disjoint and inside the loop, itself inside the wall time
+    assert rank["wait_s"] + rank["encode_s"] + rank["write_s"] <= rank["loop_s"] <= rank["wall_s"] <= summary["wall_s"]
+    assert rank["read_s"] <= 2 * rank["loop_s"]  # two DataLoader workers, busy only while the loop runs
+    assert sorted(rank["encode_s_by_modality"]) == sorted(MODS)
+    assert sum(rank["encode_s_by_modality"].values()) == pytest.approx(rank["encode_s"])
+    for key in ("read_s", "wait_s", "encode_s", "write_s"):
+        assert summary[key] == rank[key]  # one rank: the sums are its own figures
+    # 7 + 5 + 2 complete samples (shard 2's third is cut by the fault, shard 3 is empty), each in one table
+    assert rank["samples_read"] == 14
+    for m in MODS:
+        assert sum(rank["counts"][m].values()) == rank["samples_read"] + 1, m  # + the partly read sample
+    assert summary["items_per_s"] == pytest.approx(sum(c["ok"] for c in summary["this_run"].values())
+                                                   / summary["wall_s"])
 
 
 def test_embeddings_are_unit_norm_with_provenance(reference):
@@ -185,22 +196,61 @@ def test_rerun_redoes_only_missing_parts(reference, tmp_path):
     assert_same_stores(reference["output"], out)
 
 
+BLOCK_MARKER, BLOCK_AFTER, BLOCK_CLIP = "BINDERY_TEST_BLOCK_MARKER", "BINDERY_TEST_BLOCK_AFTER", "BINDERY_TEST_CLIP"
+
+
+def blocking_text(modality, config):
+    """A plugin: the tiny CLIP text tower (``$BINDERY_TEST_CLIP``) that, after ``$BINDERY_TEST_BLOCK_AFTER``
+    batches, touches ``$BINDERY_TEST_BLOCK_MARKER`` and blocks until it is killed. Once the marker
+    exists it is the plain tower, so a rerun finishes with the same vectors."""
+    import threading
+    from dataclasses import replace
+
+    encoder = build_encoder(modality, replace(config, encoder=f"hf:{os.environ[BLOCK_CLIP]}"))
+    marker, after = Path(os.environ[BLOCK_MARKER]), int(os.environ[BLOCK_AFTER])
+    if marker.exists():
+        return encoder
+    forward, calls = encoder.encode, [0]
+
+    def encode(batch):
+        calls[0] += 1
+        if calls[0] > after:
+            marker.touch()
+            threading.Event().wait()  # until SIGKILL
+        return forward(batch)
+
+    encoder.encode = encode
+    return encoder
+
+
 def test_sigkill_then_rerun_gives_the_same_stores(reference, tiny_shards, tiny_clip, tiny_audio, tmp_path):
-    slow = "pipe:sleep 0.7; cat " + tiny_shards["pattern"]
-    m = write_manifest(tmp_path / "m.toml", slow, tmp_path / "out", tiny_clip, tiny_audio)
+    m = write_manifest(tmp_path / "m.toml", tiny_shards["pattern"], tmp_path / "out", tiny_clip, tiny_audio,
+                       "trust_code = true")
+    text = f'[modalities.text]\nencoder = "hf:{tiny_clip}"'
+    assert text in m.read_text()
+    m.write_text(m.read_text().replace(text, '[modalities.text]\nencoder = '
+                                             '"tests.pipeline.precompute.test_stage:blocking_text"'))
+    marker = tmp_path / "blocked"
+    # one process, in order: shard 0's two text batches (4 + 2 captions) and its parts, then it
+    # blocks on shard 1's first text batch, with shard 1's parts unwritten
+    env = dict(cli_env(), **{BLOCK_MARKER: str(marker), BLOCK_AFTER: "2", BLOCK_CLIP: str(tiny_clip)})
     cmd = [sys.executable, "-m", "pipeline.cli", "precompute", str(m)]
-    proc = subprocess.Popen(cmd, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "first.log"
+    with log.open("w") as err:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        deadline = time.time() + 120
+        while not marker.exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert marker.exists(), f"the run never reached its third text batch: {log.read_text()[-2000:]}"
     first = tmp_path / "out" / "metadata" / "part-shard-000000.parquet"  # a shard's last write
-    deadline = time.time() + 60
-    while not first.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
     assert first.exists(), "the first run wrote nothing before it was killed"
     done = list_parts(embeddings_dir(tmp_path / "out", "image"))
     assert len(done) < 4, "the run finished before the kill; the test would prove nothing"
+    assert [p.name for p in done] == ["part-shard-000000.parquet"]
     assert not (tmp_path / "out" / "precompute.json").exists()
-    res = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=120)
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     summary = json.loads((tmp_path / "out" / "precompute.json").read_text())
     assert "shard-000000" not in summary["ranks"][0]["shards"]  # finished parts are not redone
@@ -368,6 +418,8 @@ def test_truncated_shard_fault_persists_across_reruns(tiny_shards, tiny_clip, tm
                                                                                 "error": 1}
     again = run(manifest)
     assert again["ranks"][0]["shards"] == [] and again["faults"] == first["faults"]
+    in_process = first["ranks"][0]  # num_workers = 0: the reading runs inside the loop's waits
+    assert in_process["read_s"] <= in_process["wait_s"] <= in_process["loop_s"]
     assert json.loads((tmp_path / "out" / "precompute.json").read_text())["faults"] == first["faults"]
 
 
