@@ -110,3 +110,23 @@ def test_no_policy_name_is_compared_below_the_entry():
     bad = [f"{p}:{n}" for p in root.rglob("*.py") for n, line in enumerate(p.read_text().splitlines(), 1)
            if compared.search(line)]
     assert not bad, bad
+
+
+def test_the_dataloader_pins_a_batch_message(monkeypatch):
+    """On CUDA the DataLoader pins what a worker yields; a dataclass message pins its tensors itself."""
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    pinned = []
+
+    def fake_pin(self, *args, **kwargs):  # no CUDA here: record the call, return a copy
+        pinned.append(self)
+        return self.clone()
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", fake_pin)
+    msg = ModalityBatch("s", "image", ("a", "b"), {"x": torch.arange(2.0), "note": "kept"})
+    out = pin_memory(msg)
+    assert isinstance(out, ModalityBatch) and out.keys == msg.keys and out.batch["note"] == "kept"
+    assert len(pinned) == 1 and pinned[0] is msg.batch["x"] and out.batch["x"] is not msg.batch["x"]
+    assert out.batch["x"].tolist() == [0.0, 1.0]
+    done = ShardDone("s", {}, 0, None, None, 0.0)
+    assert pin_memory(done) is done  # nothing to pin
