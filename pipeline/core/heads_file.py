@@ -21,10 +21,15 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from pipeline.core.layout import HEADS_FILE, RunLayout
+from pipeline.core.layout import RUN_CONFIG_FILE as CONFIG_FILE
 from pipeline.core.store import atomic_write, atomic_write_text
 
-HEADS_FILE = "heads.safetensors"
-CONFIG_FILE = "config.json"
+__all__ = ["HEADS_FILE", "CONFIG_FILE", "plain_head", "head_spec", "save_heads", "load_heads", "project"]
+
+
+def _run_layout(run_dir: str | Path | RunLayout) -> RunLayout:
+    return run_dir if isinstance(run_dir, RunLayout) else RunLayout(Path(run_dir))
 
 
 def plain_head(layers: list[list[int]] | list[tuple[int, int]]) -> nn.Sequential:
@@ -43,28 +48,28 @@ def head_spec(head: nn.Sequential, space: str) -> dict[str, Any]:
             "normalize": True, "space": space}
 
 
-def save_heads(run_dir: str | Path, heads: dict[str, nn.Sequential], config: dict[str, Any], space: str) -> None:
+def save_heads(run_dir: str | Path | RunLayout, heads: dict[str, nn.Sequential], config: dict[str, Any], space: str) -> None:
     """Write heads (plain Sequentials, see :func:`plain_head`) and the run config.
 
     Each file is written to a temporary name and renamed into place, ``config.json`` last, so a
     reader never sees half a file (a reader between the two renames sees new heads, old config).
     """
-    run_dir = Path(run_dir)
+    run = _run_layout(run_dir)
     tensors = {f"{m}.{k}": v.detach().cpu().float().contiguous() for m, h in heads.items()
                for k, v in h.state_dict().items()}
-    atomic_write(run_dir / HEADS_FILE, lambda tmp: save_file(
+    atomic_write(run.heads, lambda tmp: save_file(
         tensors, str(tmp), metadata={"format": "bindery-heads-v1", "space": space}))
     config = {**config, "anchor": space, "heads": {m: head_spec(h, space) for m, h in heads.items()}}
-    atomic_write_text(run_dir / CONFIG_FILE, json.dumps(config, indent=2, default=str))
+    atomic_write_text(run.config, json.dumps(config, indent=2, default=str))
 
 
-def load_heads(run_dir: str | Path) -> tuple[dict[str, nn.Sequential], dict[str, Any]]:
+def load_heads(run_dir: str | Path | RunLayout) -> tuple[dict[str, nn.Sequential], dict[str, Any]]:
     """Rebuild every exported head as a plain ``nn.Sequential`` (eval mode); return it with the config."""
-    run_dir = Path(run_dir)
-    if not (run_dir / HEADS_FILE).is_file():
-        raise FileNotFoundError(f"{run_dir / HEADS_FILE}: no exported heads; run `bindery train` first")
-    config = json.loads((run_dir / CONFIG_FILE).read_text())
-    tensors = load_file(str(run_dir / HEADS_FILE))
+    run = _run_layout(run_dir)
+    if not run.heads.is_file():
+        raise FileNotFoundError(f"{run.heads}: no exported heads; run `bindery train` first")
+    config = json.loads(run.config.read_text())
+    tensors = load_file(str(run.heads))
     heads = {}
     for m, spec in config["heads"].items():
         head = plain_head(spec["layers"])

@@ -36,6 +36,9 @@ PART_GLOB = "part-*.parquet"
 class PairsLayout:
     root: Path
 
+    # the pair tables, in the order they are written and published
+    TABLES = ("neighbors", "quintuples")
+
     @property
     def neighbors(self) -> Path:
         return self.root / "neighbors.parquet"
@@ -69,8 +72,20 @@ class PairsLayout:
     def index_keys(self, modality: str) -> Path:
         return self.index_dir / f"{modality}.keys.parquet"
 
+    def chunk_files(self) -> list[Path]:
+        """The finished chunks on disk, in order."""
+        return sorted(self.chunks.glob("chunk-*.parquet"))
+
+    def indexed_modalities(self) -> list[str]:
+        """Modalities with a saved FAISS index, sorted."""
+        return sorted(p.name.removesuffix(".faiss") for p in self.index_dir.glob("*.faiss"))
+
     def histogram(self, modality: str) -> Path:
         return self.root / f"scores_{modality}.png"
+
+    def histograms(self) -> list[Path]:
+        """Every score histogram on disk, sorted."""
+        return sorted(self.root.glob("scores_*.png"))
 
     def table(self, name: str) -> Path:
         """``neighbors`` or ``quintuples``."""
@@ -244,6 +259,24 @@ class BundleLayout:
     @staticmethod
     def pairs(table: str) -> str:
         return f"pairs/{table}"
+
+    @staticmethod
+    def heads(run: str, name: str = "") -> str:
+        """``heads/<run>`` (the folder) or ``heads/<run>/<name>`` (one of the run's files)."""
+        return f"{BundleLayout.HEADS}/{run}/{name}" if name else f"{BundleLayout.HEADS}/{run}"
+
+    @staticmethod
+    def index(name: str) -> str:
+        """A file of ``index/``: ``<m>.faiss`` or ``<m>.keys.parquet``."""
+        return f"{BundleLayout.INDEX}/{name}"
+
+    @staticmethod
+    def figure(name: str) -> str:
+        return f"{BundleLayout.FIGURES}/{name}"
+
+    @staticmethod
+    def provenance(name: str) -> str:
+        return f"{BundleLayout.PROVENANCE}/{name}"
 
     def path(self, relative: str) -> Path:
         return self.root / relative

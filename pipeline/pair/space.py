@@ -3,7 +3,7 @@
 Two stores share a space when neither needs a head, their dims agree and their metadata say
 so: the same ``space`` key when both stores carry one, else the same ``encoder`` (CLIP's text
 and image towers are one ``hf:`` spec); equal dims alone prove nothing. Otherwise a trained run's exported
-heads (``<output>/runs/<pair.head_run>/heads.safetensors``, read with
+heads (``OutputLayout.run(pair.head_run).heads``, read with
 :mod:`pipeline.core.heads_file`, never through the trainer) map a store into the run's anchor
 space. Anything else is a configuration error raised before any search starts.
 """
@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from pipeline.core.manifest import Manifest, ManifestError
+from pipeline.core.layout import OutputLayout
+from pipeline.core.manifest import ManifestError, PairConfig
 from pipeline.core.store import read_store, stored_modalities
 
 log = logging.getLogger(__name__)
@@ -46,42 +46,40 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)
 
 
-def pair_modalities(manifest: Manifest) -> tuple[str, list[str]]:
+def pair_modalities(cfg: PairConfig, layout: OutputLayout) -> tuple[str, list[str]]:
     """The query modality and the target modalities, checked against the stores on disk."""
-    cfg, output = manifest.pair, manifest.output
-    stored = stored_modalities(output)
+    stored = stored_modalities(layout.root)
     if cfg.query not in stored:
-        raise ManifestError(f"pair.query: no embedding store for {cfg.query!r} under {output / 'embeddings'} "
+        raise ManifestError(f"pair.query: no embedding store for {cfg.query!r} under {layout.embeddings_root} "
                             f"(stored: {', '.join(stored) or 'none'}); run `bindery precompute` or pick a stored one")
     targets = list(cfg.targets) or [m for m in stored if m != cfg.query]
     for m in targets:
         if m == cfg.query:
             raise ManifestError(f"pair.targets: {m!r} is the query modality; remove it from pair.targets")
         if m not in stored:
-            raise ManifestError(f"pair.targets: no embedding store for {m!r} under {output / 'embeddings'} "
+            raise ManifestError(f"pair.targets: no embedding store for {m!r} under {layout.embeddings_root} "
                                 f"(stored: {', '.join(stored)}); precompute it or remove it from pair.targets")
     if not targets:
         raise ManifestError(f"pair.targets: nothing to pair {cfg.query!r} with; precompute another modality")
     return cfg.query, targets
 
 
-def _load_heads(manifest: Manifest):
-    run = manifest.pair.head_run
+def _load_heads(run: str, layout: OutputLayout):
     if not run:
         return {}, None
-    run_dir = Path(manifest.output) / "runs" / run
+    run_dir = layout.run(run)
     from pipeline.core.heads_file import load_heads
 
     try:
         heads, config = load_heads(run_dir)
     except FileNotFoundError:
-        raise ManifestError(f"pair.head_run: no exported heads at {run_dir}; train that run first "
+        raise ManifestError(f"pair.head_run: no exported heads at {run_dir.root}; train that run first "
                             f"(`bindery train` with train.run={run!r}) or set pair.head_run=\"\"") from None
     return heads, config.get("anchor", config.get("space"))
 
 
-def _to_pool(manifest: Manifest, modality: str, heads: dict, anchor: str | None) -> Pool:
-    store = read_store(manifest.output, modality)
+def _to_pool(layout: OutputLayout, modality: str, heads: dict, anchor: str | None, head_run: str) -> Pool:
+    store = read_store(layout.root, modality)
     if modality not in heads:
         space = str(store.metadata.get("space", modality))
         return Pool(modality, store.keys, unit_rows(store.vectors), space, metadata=store.metadata)
@@ -92,13 +90,12 @@ def _to_pool(manifest: Manifest, modality: str, heads: dict, anchor: str | None)
     head = heads[modality]
     d_in = head[0].in_features
     if d_in != store.dim:
-        raise ManifestError(f"pair.head_run: the {modality} head of run {manifest.pair.head_run!r} takes dim {d_in} "
+        raise ManifestError(f"pair.head_run: the {modality} head of run {head_run!r} takes dim {d_in} "
                             f"but the {modality} store has dim {store.dim}; use a run trained on these stores")
     out = [project(head, torch.from_numpy(np.array(store.vectors[s:s + 65536], dtype=np.float32))).numpy()
            for s in range(0, len(store), 65536)]
     vectors = np.concatenate(out) if out else np.zeros((0, head[-1].out_features), np.float32)
-    log.info("projected %d %s vectors through run %r into the %s space", len(store), modality,
-             manifest.pair.head_run, anchor)
+    log.info("projected %d %s vectors through run %r into the %s space", len(store), modality, head_run, anchor)
     return Pool(modality, store.keys, unit_rows(vectors), str(anchor), projected=True, metadata=store.metadata)
 
 
@@ -140,18 +137,22 @@ def _why_not_one_space(query: Pool, target: Pool) -> tuple[str, str] | None:
     return f"encoder {eq!r}", f"encoder {et!r}"
 
 
-def load_inputs(manifest: Manifest) -> PairInputs:
-    """Load, project (when a head run is given) and L2-normalise the query and target stores."""
-    query_m, targets = pair_modalities(manifest)
-    heads, anchor = _load_heads(manifest)
-    query = _to_pool(manifest, query_m, heads, anchor)
+def load_inputs(cfg: PairConfig, layout: OutputLayout) -> PairInputs:
+    """Load, project (when a head run is given) and L2-normalise the query and target stores.
+
+    Part of the pair stage's entry: every mismatch raises a :class:`ManifestError` naming the
+    ``[pair]`` key to change, before any search starts.
+    """
+    query_m, targets = pair_modalities(cfg, layout)
+    heads, anchor = _load_heads(cfg.head_run, layout)
+    query = _to_pool(layout, query_m, heads, anchor, cfg.head_run)
     if heads and not query.projected:
         query.space = str(anchor) if query_m == anchor else query.space
     inputs = PairInputs(query)
     for m in targets:
-        pool = _to_pool(manifest, m, heads, anchor)
+        pool = _to_pool(layout, m, heads, anchor, cfg.head_run)
         if heads and not pool.projected and m == anchor:
             pool.space = str(anchor)
-        _check_shared(query, pool, manifest.pair.head_run)
+        _check_shared(query, pool, cfg.head_run)
         inputs.targets[m] = pool
     return inputs

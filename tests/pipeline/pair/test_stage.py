@@ -13,6 +13,7 @@ from pipeline.core.heads_file import plain_head, save_heads
 from pipeline.core.layout import part_name
 from pipeline.core.manifest import ManifestError, from_dict
 from pipeline.core.store import embeddings_dir, write_embeddings
+from pipeline.pair import search as pair_search
 from pipeline.pair import stage as pair
 from pipeline.pair.filters import capped_choice
 from tests.planted import write_planted_stores
@@ -154,7 +155,7 @@ def test_crash_after_a_chunk_then_rerun_gives_the_same_output(tmp_path, monkeypa
         write_planted_stores(out, n=300, dims=SHARED, noise=0.5)
     pair.run(make_manifest(clean, k=4, query_chunk=70, max_uses=3))
 
-    real_write, calls = pair._write_chunk, []
+    real_write, calls = pair_search._write_chunk, []
 
     def crash_after_two(path, table):
         if len(calls) == 2:
@@ -162,12 +163,12 @@ def test_crash_after_a_chunk_then_rerun_gives_the_same_output(tmp_path, monkeypa
         calls.append(path)
         real_write(path, table)
 
-    monkeypatch.setattr(pair, "_write_chunk", crash_after_two)
+    monkeypatch.setattr(pair_search, "_write_chunk", crash_after_two)
     with pytest.raises(RuntimeError, match="simulated crash"):
         pair.run(make_manifest(crashed, k=4, query_chunk=70, max_uses=3))
     assert len(list((crashed / "pairs" / "chunks").glob("chunk-*.parquet"))) == 2
     assert not (crashed / "pairs" / "quintuples.parquet").exists()
-    monkeypatch.setattr(pair, "_write_chunk", real_write)
+    monkeypatch.setattr(pair_search, "_write_chunk", real_write)
     summary = pair.run(make_manifest(crashed, k=4, query_chunk=70, max_uses=3))
     assert summary["chunks"] == 5 and summary["chunks_reused"] == 2
     for name in ("neighbors.parquet", "quintuples.parquet"):
@@ -186,7 +187,7 @@ def test_dim_mismatch_without_head_fails_naming_the_fix(tmp_path):
         pair.run(make_manifest(tmp_path))
 
 
-def test_bad_configurations_fail_clearly(tmp_path):
+def test_bad_configurations_fail_clearly(tmp_path, monkeypatch):
     write_planted_stores(tmp_path, n=50, dims={"text": 32, "image": 32})
     with pytest.raises(ManifestError, match="pair.targets: no embedding store for 'audio'"):
         pair.run(make_manifest(tmp_path, targets=["audio"]))
@@ -198,9 +199,19 @@ def test_bad_configurations_fail_clearly(tmp_path):
         pair.run(make_manifest(tmp_path, head_run="nope"))
     with pytest.raises(ManifestError, match="pair.engine: 'annoy' is not allowed"):
         make_manifest(tmp_path, engine="annoy")
-    if not torch.cuda.is_available():
-        with pytest.raises(ManifestError, match="pair.device: 'cuda' but this machine has no CUDA device"):
-            pair.run(make_manifest(tmp_path, device="cuda"))
+    monkeypatch.setattr(pair.knn, "cuda_available", lambda: False)  # a machine without CUDA, on any machine
+    with pytest.raises(ManifestError, match="pair.device: 'cuda' but this machine has no CUDA device"):
+        pair.run(make_manifest(tmp_path, device="cuda"))
+
+
+@pytest.mark.gpu
+def test_cuda_device_pairs_with_the_torch_engine_on_the_gpu(tmp_path):
+    # the same planted margin as above (P@1 ~1); on CUDA, auto picks the fp16 torch engine
+    write_planted_stores(tmp_path, n=400, dims={"text": 32, "image": 32}, noise=0.5)
+    summary = pair.run(make_manifest(tmp_path, k=3, device="cuda", save_index=False))
+    assert summary["device"] == "cuda" and summary["engines"] == {"image": "torch"}
+    quint = read(tmp_path, "quintuples.parquet")
+    assert np.mean([r["image_key"] == r["query_key"] for r in quint]) >= 0.99
 
 
 def test_head_run_maps_a_mismatched_store_into_the_query_space(tmp_path):
