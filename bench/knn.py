@@ -58,21 +58,22 @@ def measure_search(n_targets: int, dim: int, n_queries: int, device: str) -> dic
 
 def write_synthetic_stores(output: Path, n_queries: int, n_pool: int, dim: int, noise: float = 0.5) -> None:
     """Captions = random unit vectors; every pool holds noisy copies of the first ``n_pool`` captions."""
-    from pipeline.core.layout import part_name
-    from pipeline.core.store import embeddings_dir, write_embeddings
+    from pipeline.core.layout import OutputLayout
+    from pipeline.core.store import write_embeddings
 
+    layout = OutputLayout(output)
     text = _unit_randn(n_queries, dim, 2)
     part = 250_000
     keys = np.array([f"s{i:08d}" for i in range(n_queries)], dtype=object)
     for s in range(0, n_queries, part):
-        write_embeddings(embeddings_dir(output, "text") / part_name(f"{s // part:06d}"), list(keys[s:s + part]),
+        write_embeddings(layout.embedding_part("text", f"{s // part:06d}"), list(keys[s:s + part]),
                          text[s:s + part], metadata={"modality": "text", "dim": dim, "space": "synthetic"})
     for j, m in enumerate(POOLS):
         noisy = text[:n_pool] + noise * _unit_randn(n_pool, dim, 10 + j)
         noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
         for s in range(0, n_pool, part):  # pool item i is the noisy copy of caption i
             e = min(s + part, n_pool)
-            write_embeddings(embeddings_dir(output, m) / part_name(f"{s // part:06d}"), list(keys[s:e]),
+            write_embeddings(layout.embedding_part(m, f"{s // part:06d}"), list(keys[s:e]),
                              noisy[s:e], metadata={"modality": m, "dim": dim, "space": "synthetic"})
 
 
@@ -80,6 +81,7 @@ def measure_pair(n_queries: int, n_pool: int, dim: int, device: str) -> dict:
     """A whole `bindery pair` run (k=16, max_uses=4) on synthetic stores, timed end to end."""
     import pyarrow.parquet as pq
 
+    from pipeline.core.layout import OutputLayout
     from pipeline.core.manifest import from_dict
     from pipeline.pair import stage as pair
 
@@ -94,7 +96,7 @@ def measure_pair(n_queries: int, n_pool: int, dim: int, device: str) -> dict:
         start = time.perf_counter()
         summary = pair.run(manifest)
         seconds = time.perf_counter() - start
-        quint = pq.read_table(Path(tmp) / "pairs" / "quintuples.parquet").to_pandas()
+        quint = pq.read_table(OutputLayout(tmp).pairs.quintuples).to_pandas()
         hits = {m: round(float((quint[f"{m}_key"] == quint["query_key"]).iloc[:n_pool].mean()), 4) for m in POOLS}
     return {"queries": n_queries, "pools": len(POOLS), "pool_size": n_pool, "dim": dim,
             "engines": summary["engines"], "store_write_s": round(write_s, 1), "seconds": round(seconds, 1),

@@ -23,33 +23,36 @@ import pyarrow.parquet as pq
 def _write_inputs(out: Path, n: int, k: int = 16, parts: int = 8) -> None:
     import faiss
 
-    from pipeline.core.layout import part_name
-    from pipeline.core.store import atomic_write_table, embeddings_dir, write_embeddings
+    from pipeline.core.layout import OutputLayout
+    from pipeline.core.store import atomic_write_table, write_embeddings
 
-    rng = np.random.default_rng(0)
+    layout, rng = OutputLayout(out), np.random.default_rng(0)
+    pairs = layout.pairs
     keys = np.array([f"k{i:09d}" for i in range(n)])
     for m, d in (("text", 384), ("image", 512)):
         for p, idx in enumerate(np.array_split(np.arange(n), parts)):
-            write_embeddings(embeddings_dir(out, m) / part_name(f"{p:06d}"), list(keys[idx]),
+            write_embeddings(layout.embedding_part(m, f"{p:06d}"), list(keys[idx]),
                              rng.standard_normal((len(idx), d)).astype(np.float16), "float16",
                              {"encoder": f"bench-{m}", "digest": "sha256:0", "dim": d})
     targets = keys[rng.integers(0, n, n * k)]
     atomic_write_table(pa.table({
         "query_key": np.repeat(keys, k), "modality": np.full(n * k, "image"),
         "rank": pa.array(np.tile(np.arange(k), n), pa.int32()), "target_key": targets,
-        "score": rng.random(n * k).astype(np.float32)}), out / "pairs" / "neighbors.parquet")
+        "score": rng.random(n * k).astype(np.float32)}), pairs.neighbors)
     atomic_write_table(pa.table({"query_key": keys, "image_key": targets[::k],
-                                 "image_score": rng.random(n).astype(np.float32)}), out / "pairs" / "quintuples.parquet")
-    (out / "pairs" / "index").mkdir(parents=True, exist_ok=True)
+                                 "image_score": rng.random(n).astype(np.float32)}), pairs.quintuples)
+    pairs.index_dir.mkdir(parents=True, exist_ok=True)
     index = faiss.IndexFlatIP(512)
     index.add(rng.standard_normal((n, 512)).astype(np.float32))
-    faiss.write_index(index, str(out / "pairs" / "index" / "image.faiss"))
-    pq.write_table(pa.table({"key": keys}), out / "pairs" / "index" / "image.keys.parquet")
+    faiss.write_index(index, str(pairs.index("image")))
+    pq.write_table(pa.table({"key": keys}), pairs.index_keys("image"))
 
 
 def measure(small: bool = False, device: str = "cpu") -> dict:
+    from pipeline.core.layout import BundleLayout
     from pipeline.core.manifest import from_dict
     from pipeline.publish import stage as publish
+    from pipeline.publish.bundle import Bundle
 
     n = 50_000 if small else 400_000
     with tempfile.TemporaryDirectory(prefix="bindery-bench-publish-") as tmp:
@@ -65,8 +68,9 @@ def measure(small: bool = False, device: str = "cpu") -> dict:
         t0 = time.perf_counter()
         publish.verify(result["bundle"])
         t_verify = time.perf_counter() - t0
-        files = json.loads((Path(result["bundle"]) / "bundle.json").read_text())["tables"]["embeddings/image"]
-        sizes = [(Path(result["bundle"]) / f).stat().st_size / 2**20 for f in files["files"]]
+        bundle = BundleLayout(Path(result["bundle"]))
+        image = Bundle.read(bundle.path(BundleLayout.BUNDLE_JSON)).tables[BundleLayout.embeddings("image")]
+        sizes = [bundle.path(f).stat().st_size / 2**20 for f in image.files]
     return {"rows_per_store": n, "input_mb": round(source_mb, 1), "publish_s": round(t_publish, 2),
             "verify_s": round(t_verify, 2), "publish_mb_per_s": round(source_mb / t_publish, 1),
             "image_file_mb": [round(s, 1) for s in sizes],

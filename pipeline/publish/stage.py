@@ -19,6 +19,8 @@ import math
 import shutil
 import uuid
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,24 +29,26 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from pipeline.core.manifest import Manifest, ManifestError
+from pipeline.core.layout import BundleLayout, OutputLayout, PairsLayout, RunLayout, part_name
+from pipeline.core.manifest import DatasetConfig, Manifest, ManifestError, PublishConfig
+from pipeline.core.samples import metadata_parts
 from pipeline.core.store import list_parts, read_metadata, read_status, stored_modalities
+from pipeline.publish.bundle import FORMAT, Bundle, BundleError, HeadsSpec, IndexSpec, StoreInfo, TableSpec
 from pipeline.publish.card import feature_yaml, render_card, source_licences
-from pipeline.publish.verify import BUNDLE_JSON, BundleError, verify, write_checksums
+from pipeline.publish.verify import verify, write_checksums
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run", "verify", "repartition", "BundleError"]
+__all__ = ["run", "verify", "repartition", "BundleError", "FORMAT"]
 
-FORMAT = "bindery-bundle-v1"
 _DTYPES = {"halffloat": "float16", "float": "float32"}
 # Dictionary-encode only low-cardinality columns: on float16 embeddings Parquet's dictionary
 # pass triples write time and makes files larger (measured in docs/publish.md).
 _WRITE = {"compression": "zstd", "use_dictionary": ["modality"]}
 
 
-def bundle_folder(manifest: Manifest) -> Path:
-    return Path(manifest.publish.folder) if manifest.publish.folder else manifest.output / "publish"
+def bundle_folder(cfg: PublishConfig, layout: OutputLayout) -> Path:
+    return Path(cfg.folder) if cfg.folder else layout.publish_default
 
 
 def repartition(sources: list[Path], dest: Path, part_bytes: float) -> tuple[list[Path], int, pa.Schema]:
@@ -64,7 +68,7 @@ def repartition(sources: list[Path], dest: Path, part_bytes: float) -> tuple[lis
     rows_per_file = max(1, int(part_bytes * max(total_rows, 1) / max(total_bytes, 1)))
     n_out = max(1, math.ceil(total_rows / rows_per_file))
     dest.mkdir(parents=True, exist_ok=True)
-    outs = [dest / f"part-{i:05d}.parquet" for i in range(n_out)]
+    outs = [dest / part_name(f"{i:05d}") for i in range(n_out)]
     writer, index, in_file = pq.ParquetWriter(outs[0], schema, **_WRITE), 0, 0
     try:
         for f in files:
@@ -83,121 +87,135 @@ def repartition(sources: list[Path], dest: Path, part_bytes: float) -> tuple[lis
     return outs, total_rows, schema
 
 
-def _table_spec(root: Path, kind: str, config: str, files: list[Path], rows: int, schema: pa.Schema,
-                **extra: Any) -> dict[str, Any]:
+# ----------------------------------------------------------------------------- tables
+
+
+def _table(bundle: BundleLayout, name: str, kind: str, config: str, sources: list[Path], part_bytes: float,
+           store_modality: str | None = None) -> TableSpec:
+    """Repartition ``sources`` into the bundle folder ``name`` and describe it (with its store's identity)."""
+    files, rows, schema = repartition(sources, bundle.path(name), part_bytes)
     metas = [pq.read_metadata(f) for f in files]
-    return {"kind": kind, "config": config, "files": [f.relative_to(root).as_posix() for f in files],
-            "rows": rows, "columns": {f.name: str(f.type) for f in schema},
-            "num_bytes": sum(m.row_group(i).total_byte_size for m in metas for i in range(m.num_row_groups)),
-            "download_size": sum(f.stat().st_size for f in files),
-            "features": [feature_yaml(f) for f in schema], **extra}
+    store = None
+    if store_modality is not None:
+        emb, meta = schema.field("embedding").type, read_metadata(sources[0])
+        store = StoreInfo(modality=store_modality, dim=emb.list_size,
+                          dtype=_DTYPES.get(str(emb.value_type), str(emb.value_type)),
+                          encoder=meta.get("encoder", ""), digest=meta.get("digest", ""), metadata=meta)
+    return TableSpec(kind=kind, config=config, files=[f.relative_to(bundle.root).as_posix() for f in files],
+                     rows=rows, columns={f.name: str(f.type) for f in schema},
+                     num_bytes=sum(m.row_group(i).total_byte_size for m in metas for i in range(m.num_row_groups)),
+                     download_size=sum(f.stat().st_size for f in files),
+                     features=[feature_yaml(f) for f in schema], store=store)
 
 
-def _add_store(root: Path, tables: dict, name: str, kind: str, config: str, sources: list[Path],
-               part_bytes: float, modality: str) -> None:
-    files, rows, schema = repartition(sources, root / name, part_bytes)
-    emb = schema.field("embedding").type
-    meta = read_metadata(sources[0])
-    tables[name] = _table_spec(root, kind, config, files, rows, schema, modality=modality, dim=emb.list_size,
-                               dtype=_DTYPES.get(str(emb.value_type), str(emb.value_type)),
-                               encoder=meta.get("encoder", ""), digest=meta.get("digest", ""), metadata=meta)
+def _store_tables(layout: OutputLayout, bundle: BundleLayout, part_bytes: float) -> dict[str, TableSpec]:
+    """The embedding stores, the class embeddings and the sample metadata."""
+    tables: dict[str, TableSpec] = {}
+    for m in tqdm(stored_modalities(layout.root), desc="publish stores", unit="store"):
+        name = BundleLayout.embeddings(m)
+        tables[name] = _table(bundle, name, "embeddings", m, list_parts(layout.embeddings(m)), part_bytes, m)
+    if layout.classes.is_file():
+        tables[BundleLayout.CLASSES] = _table(bundle, BundleLayout.CLASSES, "classes", "classes", [layout.classes],
+                                              part_bytes, "text")
+    sample_parts = metadata_parts(layout)
+    if sample_parts:
+        tables[BundleLayout.SAMPLES] = _table(bundle, BundleLayout.SAMPLES, "samples", "samples", sample_parts,
+                                              part_bytes)
+    return tables
 
 
-def _add_pairs(out: Path, root: Path, tables: dict, part_bytes: float) -> tuple[dict, list[str], dict]:
+def _copy(src: Path, bundle: BundleLayout, rel: str) -> str:
+    dest = bundle.path(rel)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(src, dest)
+    return rel
+
+
+@dataclass
+class PairFiles:
+    """What ``bindery pair`` left for the bundle (all empty when it has not run)."""
+
+    tables: dict[str, TableSpec] = field(default_factory=dict)
+    indexes: dict[str, IndexSpec] = field(default_factory=dict)
+    figures: list[str] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def _add_pairs(pairs: PairsLayout, bundle: BundleLayout, part_bytes: float) -> PairFiles:
     """Pair tables, indexes and histograms, when ``bindery pair`` has run."""
-    pairs = out / "pairs"
-    for table in ("neighbors", "quintuples"):
-        if (pairs / f"{table}.parquet").is_file():
-            files, rows, schema = repartition([pairs / f"{table}.parquet"], root / "pairs" / table, part_bytes)
-            tables[f"pairs/{table}"] = _table_spec(root, table, table, files, rows, schema)
-    indexes = {}
-    for index in sorted((pairs / "index").glob("*.faiss")):
-        m = index.name.removesuffix(".faiss")
-        keys = index.with_name(f"{m}.keys.parquet")
+    found = PairFiles()
+    for table in PairsLayout.TABLES:
+        if pairs.table(table).is_file():
+            name = BundleLayout.pairs(table)
+            found.tables[name] = _table(bundle, name, table, table, [pairs.table(table)], part_bytes)
+    for m in pairs.indexed_modalities():
+        index, keys = pairs.index(m), pairs.index_keys(m)
         if not keys.is_file():
             raise BundleError(f"{keys}: missing; the index {index} cannot be used without its key map")
-        (root / "index").mkdir(exist_ok=True)
-        shutil.copy2(index, root / "index" / index.name)
-        shutil.copy2(keys, root / "index" / keys.name)
-        indexes[m] = {"index": f"index/{index.name}", "keys": f"index/{keys.name}",
-                      "ntotal": pq.read_metadata(keys).num_rows}
-    figures = []
-    for png in sorted(pairs.glob("scores_*.png")):
-        (root / "figures").mkdir(exist_ok=True)
-        shutil.copy2(png, root / "figures" / png.name)
-        figures.append(f"figures/{png.name}")
-    summary_path = pairs / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    return indexes, figures, summary
+        found.indexes[m] = IndexSpec(index=_copy(index, bundle, BundleLayout.index(index.name)),
+                                     keys=_copy(keys, bundle, BundleLayout.index(keys.name)),
+                                     ntotal=pq.read_metadata(keys).num_rows)
+    found.figures = [_copy(png, bundle, BundleLayout.figure(png.name)) for png in pairs.histograms()]
+    if pairs.summary.is_file():
+        found.summary = json.loads(pairs.summary.read_text())
+    return found
 
 
-def _add_heads(manifest: Manifest, root: Path) -> dict[str, Any]:
-    run = manifest.publish.run
-    if not run:
-        return {}
-    src = manifest.output / "runs" / run
-    dest = root / "heads" / run
-    dest.mkdir(parents=True)
-    names = [n for n in ("heads.safetensors", "config.json", "metrics.json") if (src / n).is_file()]
-    for name in names:
-        shutil.copy2(src / name, dest / name)
-    return {"run": run, "files": [f"heads/{run}/{n}" for n in names]}
+def _add_heads(run_name: str, layout: OutputLayout, bundle: BundleLayout) -> HeadsSpec | None:
+    if not run_name:
+        return None
+    run = layout.run(run_name)
+    bundle.path(BundleLayout.heads(run_name)).mkdir(parents=True)
+    names = [n for n in RunLayout.PUBLISHED if run.file(n).is_file()]
+    return HeadsSpec(run=run_name, files=[_copy(run.file(n), bundle, BundleLayout.heads(run_name, n))
+                                          for n in names])
 
 
-def _build(manifest: Manifest, root: Path) -> dict[str, Any]:
-    out, part_bytes = manifest.output, manifest.publish.part_mb * 2**20
-    tables: dict[str, dict[str, Any]] = {}
-    modalities = stored_modalities(out)
-    for m in tqdm(modalities, desc="publish stores", unit="store"):
-        _add_store(root, tables, f"embeddings/{m}", "embeddings", m, list_parts(out / "embeddings" / m),
-                   part_bytes, m)
-    if (out / "classes" / "text.parquet").is_file():
-        _add_store(root, tables, "classes", "classes", "classes", [out / "classes" / "text.parquet"],
-                   part_bytes, "text")
-    sample_parts = list_parts(out / "metadata")
-    if sample_parts:
-        files, rows, schema = repartition(sample_parts, root / "samples", part_bytes)
-        tables["samples"] = _table_spec(root, "samples", "samples", files, rows, schema)
-    indexes, figures, summary = _add_pairs(out, root, tables, part_bytes)
-    status = {m: _status_counts(out, m) for m in modalities}
-    if (out / "precompute.json").is_file():  # how the stores were made: counts, world size, timings
-        (root / "provenance").mkdir()
-        shutil.copy2(out / "precompute.json", root / "provenance" / "precompute.json")
-    bundle = {
-        "format": FORMAT, "name": manifest.dataset.name,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "query": summary.get("query", manifest.pair.query), "tables": tables, "indexes": indexes,
-        "figures": figures, "heads": _add_heads(manifest, root), "status": status,
-        "pair_summary": summary, "sources": source_licences(sample_parts, manifest.dataset.license),
-        "manifest": manifest.to_dict(),
-    }
-    (root / BUNDLE_JSON).write_text(json.dumps(bundle, indent=2, default=str), encoding="utf-8")
-    (root / "README.md").write_text(render_card(bundle), encoding="utf-8")
+def _status_counts(layout: OutputLayout, modality: str) -> dict[str, int]:
+    return dict(sorted(Counter(read_status(layout.root, modality).column("status").to_pylist()).items()))
+
+
+def _build(layout: OutputLayout, root: Path, cfg: PublishConfig, dataset: DatasetConfig, *, query: str,
+           manifest_record: dict[str, Any]) -> Bundle:
+    """Write every table and file of the bundle into ``root``, then ``bundle.json``, the card and checksums."""
+    bundle_root, part_bytes = BundleLayout(root), cfg.part_mb * 2**20
+    tables = _store_tables(layout, bundle_root, part_bytes)
+    pairs = _add_pairs(layout.pairs, bundle_root, part_bytes)
+    tables.update(pairs.tables)
+    if layout.precompute_summary.is_file():  # how the stores were made: counts, world size, timings
+        _copy(layout.precompute_summary, bundle_root, BundleLayout.provenance(layout.precompute_summary.name))
+    bundle = Bundle(
+        name=dataset.name, created=datetime.now(UTC).isoformat(timespec="seconds"),
+        query=pairs.summary.get("query", query), tables=tables, indexes=pairs.indexes, figures=pairs.figures,
+        heads=_add_heads(cfg.run, layout, bundle_root),
+        status={m: _status_counts(layout, m) for m in stored_modalities(layout.root)},
+        pair_summary=pairs.summary, sources=source_licences(layout, dataset.license), manifest=manifest_record)
+    bundle_root.path(BundleLayout.BUNDLE_JSON).write_text(bundle.to_json(), encoding="utf-8")
+    bundle_root.path(BundleLayout.CARD).write_text(render_card(bundle), encoding="utf-8")
     write_checksums(root)
     return bundle
 
 
-def _status_counts(out: Path, modality: str) -> dict[str, int]:
-    return dict(sorted(Counter(read_status(out, modality).column("status").to_pylist()).items()))
+# ----------------------------------------------------------------------------- entry, upload, move into place
 
 
-def _check_inputs(manifest: Manifest, folder: Path) -> None:
-    if not stored_modalities(manifest.output):
-        raise ManifestError(f"dataset.output: no embedding stores under {manifest.output / 'embeddings'}; "
+def _check_inputs(cfg: PublishConfig, layout: OutputLayout, folder: Path, upload: bool) -> None:
+    if not stored_modalities(layout.root):
+        raise ManifestError(f"dataset.output: no embedding stores under {layout.embeddings_root}; "
                             "run `bindery precompute` first")
-    run = manifest.publish.run
-    if run and not (manifest.output / "runs" / run / "heads.safetensors").is_file():
-        raise ManifestError(f"publish.run: run {run!r} has no heads.safetensors under {manifest.output / 'runs'}; "
-                            "run `bindery train` first or set publish.run = \"\"")
-    if folder.exists() and not (folder / BUNDLE_JSON).is_file() and any(folder.iterdir()):
+    run = cfg.run
+    if run and not layout.run(run).heads.is_file():
+        raise ManifestError(f"publish.run: run {run!r} has no {layout.run(run).heads.name} under "
+                            f"{layout.runs_root}; run `bindery train` first or set publish.run = \"\"")
+    if folder.exists() and not (folder / BundleLayout.BUNDLE_JSON).is_file() and any(folder.iterdir()):
         raise ManifestError(f"publish.folder: {folder} exists and is not a bindery bundle; "
                             "choose a new or empty folder")
-
-
-def _hub_api(manifest: Manifest):
-    """Check the repo id, the token and the Hub before anything is written; return an HfApi."""
-    if not manifest.publish.repo_id:
+    if upload and not cfg.repo_id:
         raise ManifestError("publish.repo_id: required with --upload; set it to '<user-or-org>/<dataset>'")
+
+
+def _hub_api(repo_id: str):
+    """Check the token and the Hub before anything is written; return an HfApi."""
     try:
         from huggingface_hub import HfApi, get_token
     except ImportError as exc:  # pragma: no cover - a core dependency
@@ -212,8 +230,15 @@ def _hub_api(manifest: Manifest):
     except Exception as exc:  # network, offline mode, bad token: all stop here, before any write
         raise BundleError(f"--upload: cannot reach the Hugging Face Hub with this token "
                           f"({type(exc).__name__}: {exc}); nothing was written") from None
-    log.info("uploading as %s to %s", user.get("name", "?"), manifest.publish.repo_id)
+    log.info("uploading as %s to %s", user.get("name", "?"), repo_id)
     return api
+
+
+def _upload(api, cfg: PublishConfig, folder: Path, name: str) -> dict[str, str]:
+    api.create_repo(cfg.repo_id, repo_type="dataset", private=cfg.private, exist_ok=True)
+    commit = api.upload_folder(folder_path=str(folder), repo_id=cfg.repo_id, repo_type="dataset",
+                               commit_message=f"bindery publish {name}")
+    return {"repo_id": cfg.repo_id, "commit": str(getattr(commit, "oid", commit))}
 
 
 def _move_into_place(tmp: Path, folder: Path) -> None:
@@ -225,31 +250,36 @@ def _move_into_place(tmp: Path, folder: Path) -> None:
         shutil.rmtree(old)
 
 
-def run(manifest: Manifest, upload: bool = False) -> dict[str, Any]:
-    """Write the bundle to ``[publish] folder`` (and upload it with ``upload=True``); return a summary."""
-    folder = bundle_folder(manifest)
-    _check_inputs(manifest, folder)
+def _build_in_place(folder: Path, build: Callable[[Path], Bundle], check: bool) -> Bundle:
+    """Build into ``<folder>.tmp-*`` (verified when ``check``) and rename it onto ``folder`` only when complete."""
     for stale in [*folder.parent.glob(f"{folder.name}.tmp-*"), *folder.parent.glob(f"{folder.name}.old-*")]:
         log.warning("%s was left by an interrupted publish and is not the published bundle; remove it", stale)
-    api = _hub_api(manifest) if upload else None
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.with_name(f"{folder.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
     try:
-        bundle = _build(manifest, tmp)
-        if manifest.publish.verify:
+        bundle = build(tmp)
+        if check:
             verify(tmp)
         _move_into_place(tmp, folder)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+    return bundle
+
+
+def run(manifest: Manifest, upload: bool = False) -> dict[str, Any]:
+    """Write the bundle to ``[publish] folder`` (and upload it with ``upload=True``); return a summary."""
+    cfg, layout = manifest.publish, manifest.layout
+    folder = bundle_folder(cfg, layout)
+    _check_inputs(cfg, layout, folder, upload)
+    api = _hub_api(cfg.repo_id) if upload else None
+    bundle = _build_in_place(folder, lambda root: _build(
+        layout, root, cfg, manifest.dataset, query=manifest.pair.query, manifest_record=manifest.to_dict()),
+        check=cfg.verify)
     log.info("bundle written to %s", folder)
-    result = {"bundle": str(folder), "tables": {n: t["rows"] for n, t in bundle["tables"].items()},
-              "indexes": sorted(bundle["indexes"]), "heads": bundle["heads"].get("run", "")}
+    result: dict[str, Any] = {"bundle": str(folder), "tables": {n: t.rows for n, t in bundle.tables.items()},
+                              "indexes": sorted(bundle.indexes), "heads": bundle.heads.run if bundle.heads else ""}
     if api is not None:
-        repo = manifest.publish.repo_id
-        api.create_repo(repo, repo_type="dataset", private=manifest.publish.private, exist_ok=True)
-        commit = api.upload_folder(folder_path=str(folder), repo_id=repo, repo_type="dataset",
-                                   commit_message=f"bindery publish {manifest.dataset.name}")
-        result["uploaded"] = {"repo_id": repo, "commit": str(getattr(commit, "oid", commit))}
+        result["uploaded"] = _upload(api, cfg, folder, manifest.dataset.name)
     return result

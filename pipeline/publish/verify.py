@@ -11,8 +11,6 @@ Needs pyarrow only; faiss is imported when a bundle has indexes.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -21,22 +19,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.core.hashing import file_sha256
+from pipeline.core.layout import BundleLayout, PairsLayout
+from pipeline.publish.bundle import Bundle, BundleError, IndexSpec, TableSpec
+
 log = logging.getLogger(__name__)
 
-CHECKSUMS = "checksums.sha256"
-BUNDLE_JSON = "bundle.json"
+__all__ = ["BundleError", "bundle_files", "write_checksums", "verify"]
 
-
-class BundleError(RuntimeError):
-    """A bundle that cannot be written, checked or uploaded; the message names the file or key."""
-
-
-def sha256_file(path: Path, block: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
+CHECKSUMS = BundleLayout.CHECKSUMS
+BUNDLE_JSON = BundleLayout.BUNDLE_JSON
+NEIGHBORS, QUINTUPLES = (BundleLayout.pairs(t) for t in PairsLayout.TABLES)
 
 
 def bundle_files(root: Path) -> list[str]:
@@ -47,7 +40,7 @@ def bundle_files(root: Path) -> list[str]:
 
 def write_checksums(root: Path) -> int:
     """Write ``checksums.sha256`` for every file of the bundle; ``sha256sum -c`` reads it."""
-    lines = [f"{sha256_file(root / rel)}  {rel}\n" for rel in bundle_files(root)]
+    lines = [f"{file_sha256(root / rel)}  {rel}\n" for rel in bundle_files(root)]
     (root / CHECKSUMS).write_text("".join(lines), encoding="utf-8")
     return len(lines)
 
@@ -62,7 +55,7 @@ def _check_checksums(root: Path) -> int:
     for rel, digest in listed.items():
         if not (root / rel).is_file():
             raise BundleError(f"{root / rel}: listed in {CHECKSUMS} but missing from the bundle")
-        if sha256_file(root / rel) != digest:
+        if file_sha256(root / rel) != digest:
             raise BundleError(f"{root / rel}: checksum mismatch (the file changed after publishing)")
     extra = sorted(set(bundle_files(root)) - set(listed))
     if extra:
@@ -70,17 +63,17 @@ def _check_checksums(root: Path) -> int:
     return len(listed)
 
 
-def _check_table(root: Path, name: str, spec: dict[str, Any]) -> int:
+def _check_table(root: Path, name: str, spec: TableSpec) -> int:
     rows = 0
-    for rel in spec["files"]:
+    for rel in spec.files:
         meta = pq.read_metadata(root / rel)
         schema = meta.schema.to_arrow_schema()
         got = {f.name: str(f.type) for f in schema}
-        if got != spec["columns"]:
-            raise BundleError(f"{root / rel}: columns {got} do not match bundle.json's {name} table {spec['columns']}")
+        if got != spec.columns:
+            raise BundleError(f"{root / rel}: columns {got} do not match bundle.json's {name} table {spec.columns}")
         rows += meta.num_rows
-    if rows != spec["rows"]:
-        raise BundleError(f"{name}: {rows} rows in its files, bundle.json says {spec['rows']}")
+    if rows != spec.rows:
+        raise BundleError(f"{name}: {rows} rows in its files, bundle.json says {spec.rows}")
     return rows
 
 
@@ -96,23 +89,24 @@ def _check_subset(values: pa.ChunkedArray, keys: pa.Array, what: str, store: str
                           f"({len(outside)} keys do not join)")
 
 
-def _check_joins(root: Path, bundle: dict[str, Any]) -> None:
-    tables = bundle["tables"]
+def _store_keys(root: Path, tables: dict[str, TableSpec]) -> dict[str, pa.Array]:
+    """modality -> the keys of its embedding store, each checked to occur once."""
     keys: dict[str, pa.Array] = {}
     for name, spec in tables.items():
-        if spec.get("kind") != "embeddings":
+        if spec.kind != "embeddings":
             continue
-        col = _column(root, spec["files"], "key").combine_chunks()
+        col = _column(root, spec.files, "key").combine_chunks()
         if pc.count_distinct(col).as_py() != len(col):
             counts = pc.value_counts(col)
             dup = counts.filter(pc.greater(counts.field("counts"), 1))[0]["values"].as_py()
             raise BundleError(f"{name}: key {dup!r} occurs more than once in the embedding store "
                               "(keys must be unique for pairs to join)")
-        keys[spec["modality"]] = col
-    query = bundle.get("query", "")
-    if query not in keys and ("pairs/neighbors" in tables or "pairs/quintuples" in tables):
-        raise BundleError(f"pairs: the query modality {query!r} has no embedding store in the bundle")
-    for rel in tables.get("pairs/neighbors", {}).get("files", []):  # file by file: neighbours can be huge
+        keys[spec.modality] = col
+    return keys
+
+
+def _check_neighbors(root: Path, spec: TableSpec, query: str, keys: dict[str, pa.Array]) -> None:
+    for rel in spec.files:  # file by file: neighbours can be huge
         nb = pq.read_table(root / rel, columns=["query_key", "modality", "target_key"])
         if query in keys:
             _check_subset(nb.column("query_key"), keys[query], f"{rel} query_key", query)
@@ -121,9 +115,11 @@ def _check_joins(root: Path, bundle: dict[str, Any]) -> None:
                 raise BundleError(f"{rel}: modality {m!r} has no embedding store in the bundle")
             sel = nb.filter(pc.equal(nb.column("modality"), m)).column("target_key")
             _check_subset(sel, keys[m], f"{rel} target_key ({m})", m)
-    spec = tables.get("pairs/quintuples", {"files": [], "columns": {}})
-    targets = {c: c.removesuffix("_key") for c in spec["columns"] if c.endswith("_key") and c != "query_key"}
-    for rel in spec["files"]:
+
+
+def _check_quintuples(root: Path, spec: TableSpec, query: str, keys: dict[str, pa.Array]) -> None:
+    targets = {c: c.removesuffix("_key") for c in spec.columns if c.endswith("_key") and c != "query_key"}
+    for rel in spec.files:
         qt = pq.read_table(root / rel, columns=["query_key", *targets])
         if query in keys:
             _check_subset(qt.column("query_key"), keys[query], f"{rel} query_key", query)
@@ -131,7 +127,18 @@ def _check_joins(root: Path, bundle: dict[str, Any]) -> None:
             if m not in keys:
                 raise BundleError(f"{rel} {col}: modality {m!r} has no embedding store in the bundle")
             _check_subset(qt.column(col), keys[m], f"{rel} {col}", m)
-    _check_indexes(root, bundle.get("indexes", {}), keys)
+
+
+def _check_joins(root: Path, bundle: Bundle) -> None:
+    tables, query = bundle.tables, bundle.query
+    keys = _store_keys(root, tables)
+    if query not in keys and (NEIGHBORS in tables or QUINTUPLES in tables):
+        raise BundleError(f"pairs: the query modality {query!r} has no embedding store in the bundle")
+    if NEIGHBORS in tables:
+        _check_neighbors(root, tables[NEIGHBORS], query, keys)
+    if QUINTUPLES in tables:
+        _check_quintuples(root, tables[QUINTUPLES], query, keys)
+    _check_indexes(root, bundle.indexes, keys)
 
 
 def _read_index_lazily(faiss, path: Path):
@@ -143,7 +150,7 @@ def _read_index_lazily(faiss, path: Path):
         return faiss.read_index(str(path))
 
 
-def _check_indexes(root: Path, indexes: dict[str, Any], keys: dict[str, pa.Array]) -> None:
+def _check_indexes(root: Path, indexes: dict[str, IndexSpec], keys: dict[str, pa.Array]) -> None:
     if not indexes:
         return
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing is noise here
@@ -152,13 +159,13 @@ def _check_indexes(root: Path, indexes: dict[str, Any], keys: dict[str, pa.Array
     except ImportError as exc:  # pragma: no cover - faiss-cpu is a core dependency
         raise BundleError("checking the bundle's FAISS indexes needs faiss: pip install faiss-cpu") from exc
     for m, spec in indexes.items():
-        index = _read_index_lazily(faiss, root / spec["index"])
-        key_map = pq.read_table(root / spec["keys"], columns=["key"]).column("key")
+        index = _read_index_lazily(faiss, root / spec.index)
+        key_map = pq.read_table(root / spec.keys, columns=["key"]).column("key")
         if index.ntotal != len(key_map):
-            raise BundleError(f"{root / spec['index']}: {index.ntotal} vectors but {spec['keys']} has "
+            raise BundleError(f"{root / spec.index}: {index.ntotal} vectors but {spec.keys} has "
                               f"{len(key_map)} keys (row i must be FAISS id i)")
         if m in keys:
-            _check_subset(key_map, keys[m], spec["keys"], m)
+            _check_subset(key_map, keys[m], spec.keys, m)
 
 
 def verify(folder: str | Path) -> dict[str, Any]:
@@ -171,9 +178,8 @@ def verify(folder: str | Path) -> dict[str, Any]:
         if not (root / name).is_file():
             raise BundleError(f"{root / name}: missing; {root} is not a complete bindery bundle")
     n_files = _check_checksums(root)
-    bundle = json.loads((root / BUNDLE_JSON).read_text(encoding="utf-8"))
-    rows = {name: _check_table(root, name, spec) for name, spec in bundle["tables"].items()}
+    bundle = Bundle.read(root / BUNDLE_JSON)
+    rows = {name: _check_table(root, name, spec) for name, spec in bundle.tables.items()}
     _check_joins(root, bundle)
     log.info("bundle %s verified: %d files, %d tables", root, n_files, len(rows))
-    return {"bundle": str(root), "ok": True, "files": n_files, "rows": rows,
-            "indexes": sorted(bundle.get("indexes", {}))}
+    return {"bundle": str(root), "ok": True, "files": n_files, "rows": rows, "indexes": sorted(bundle.indexes)}

@@ -163,6 +163,17 @@ def test_bundle_json_records_sources_heads_and_manifest(bundle):
     assert json.loads((bundle / "provenance" / "precompute.json").read_text())["world_size"] == 1
 
 
+def test_bundle_json_reads_into_dataclasses_and_writes_back_byte_for_byte(bundle):
+    from pipeline.publish.bundle import Bundle
+
+    text = (bundle / "bundle.json").read_text()
+    typed = Bundle.read(bundle / "bundle.json")
+    assert typed.to_json() == text
+    assert list(json.loads(text)) == ["format", "name", "created", "query", "tables", "indexes", "figures",
+                                      "heads", "status", "pair_summary", "sources", "manifest"]
+    assert typed.tables["embeddings/audio"].store.dim == 24 and typed.heads.run == "r1"
+
+
 def test_checksums_are_sha256sum_compatible(bundle):
     if shutil.which("sha256sum") is None:  # coreutils; present on every Linux CI image
         pytest.fail("sha256sum not found")
