@@ -245,6 +245,26 @@ num_workers = 0
     return path
 
 
+# ----------------------------------------------------------------------------- gpu tests
+
+NEEDS_CUDA = "needs a CUDA device: run `just test-gpu` on a GPU machine"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A ``@pytest.mark.gpu`` test fails (before its fixtures are built) where CUDA is not available.
+
+    CI deselects these tests (``-m "not gpu"``); anywhere they are selected, a machine without
+    CUDA is an error to see, not a skip that reads as green.
+    """
+    if item.get_closest_marker("gpu") is None:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.fail(NEEDS_CUDA, pytrace=False)
+
+
 # ----------------------------------------------------------------------------- fixtures
 
 

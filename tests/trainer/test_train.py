@@ -230,8 +230,6 @@ def test_negative_train_values_are_manifest_errors(planted, override):
 
 @pytest.mark.gpu
 def test_gpu_training_keeps_stores_on_the_gpu_in_bf16(planted):
-    if not torch.cuda.is_available():
-        pytest.skip("needs CUDA (run with: just test-gpu)")
     from trainer.data.rows import load
 
     output, _ = planted

@@ -92,10 +92,6 @@ def test_unknown_engine_is_rejected():
 
 @pytest.mark.gpu
 def test_torch_fp16_on_cuda_matches_brute_force(data):
-    import torch
-
-    if not torch.cuda.is_available():
-        pytest.skip("needs CUDA")
     queries, targets = data
     _, ids = knn.build_searcher("torch", targets, device="cuda").search(queries, 10)
     _, ref = brute_force(queries, targets, 10)
