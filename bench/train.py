@@ -48,7 +48,7 @@ def measure(small: bool, device: str, batch_size: int | None = None, rows: int |
     """One timed epoch (after 3 warm-up steps) of the trainer's step over synthetic quintuples."""
     from accelerate import Accelerator
 
-    from trainer.losses.contrastive import make_loss
+    from trainer.losses.registry import make_loss
     from trainer.model.heads import Binder
     from trainer.train import epoch_blocks, lr_lambda, make_batch, make_optimizer, train_step
 

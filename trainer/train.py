@@ -26,7 +26,7 @@ from tqdm import tqdm
 from pipeline.core.manifest import Manifest
 from pipeline.core.store import atomic_write_text
 from trainer.data.rows import CachedData, load, store_signature
-from trainer.losses.contrastive import make_loss
+from trainer.losses.registry import make_loss
 from trainer.model.export import export
 from trainer.model.heads import Binder
 from trainer.tracking import CSVTracker

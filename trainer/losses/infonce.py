@@ -1,8 +1,8 @@
-"""Contrastive losses over projected features, open_clip ``loss.py`` style.
+"""Masked symmetric InfoNCE over projected features, open_clip ``loss.py`` style.
 
-Three pieces kept apart: :func:`gather_features` (cross-rank, gradient kept for the local
-slice, as open_clip's ``gather_features``), :func:`pair_logits` (logits and labels of one
-(anchor, modality) pair, masked to the rows that have both), and the loss module.
+Pieces kept apart: :func:`~trainer.losses.gather.gather_features` (cross-rank, gradient kept for
+the local slice), :func:`pair_logits` (logits and labels of one (anchor, modality) pair, masked to
+the rows that have both), :func:`~trainer.losses.cyclip.cyclip_terms`, and the loss module.
 
 :class:`BindLoss` (registry name ``infonce``) sums over every projected modality ``m`` present
 in the batch the symmetric InfoNCE between the anchor and ``m``, with
@@ -13,33 +13,19 @@ in the batch the symmetric InfoNCE between the anchor and ``m``, with
 * optional in-batch hard-negative mining: only the ``hard_negatives`` most similar in-batch
   negatives stay in each row's denominator;
 * an optional cross-batch memory queue of past features as extra negatives;
-* optional CyCLIP in-modal and cross-modal cycle-consistency terms (plain cosines, mean square).
+* optional CyCLIP in-modal and cross-modal cycle-consistency terms (:mod:`trainer.losses.cyclip`).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from trainer.losses.cyclip import cyclip_terms
+from trainer.losses.gather import gather_features, rank_and_world
+
 NEG_INF = float("-inf")
-
-
-def gather_features(t: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``t`` across ranks; the local slice is the local tensor, so its gradient flows."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return t
-    gathered = [torch.zeros_like(t) for _ in range(dist.get_world_size())]
-    dist.all_gather(gathered, t.contiguous())
-    gathered[dist.get_rank()] = t
-    return torch.cat(gathered)
-
-
-def rank_and_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def pair_logits(a: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, scale: torch.Tensor,
@@ -75,11 +61,6 @@ def keep_hardest(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Te
 def weighted_ce(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     ce = F.cross_entropy(logits, labels, reduction="none")
     return (ce * weight).sum() / weight.sum().clamp(min=1e-8)
-
-
-def cyclip_terms(a: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """CyCLIP: in-modal ``(a a^T - x x^T)^2`` and cross-modal ``(a x^T - x a^T)^2``, means."""
-    return (a @ a.T - x @ x.T).square().mean(), (a @ x.T - x @ a.T).square().mean()
 
 
 class BindLoss(nn.Module):
@@ -144,14 +125,3 @@ class BindLoss(nn.Module):
         setattr(self, f"queue_{m}", torch.cat([x.float(), getattr(self, f"queue_{m}")])[:q])
         setattr(self, f"queue_anchor_{m}", torch.cat([a.float(), getattr(self, f"queue_anchor_{m}")])[:q])
         setattr(self, f"queue_len_{m}", (getattr(self, f"queue_len_{m}") + len(x)).clamp(max=q))
-
-
-LOSSES: dict[str, type[nn.Module]] = {"infonce": BindLoss}
-
-
-def make_loss(name: str, **kwargs) -> nn.Module:
-    from pipeline.core.manifest import ManifestError
-
-    if name not in LOSSES:
-        raise ManifestError(f"train.loss: {name!r} is not a registered loss; use one of {', '.join(LOSSES)}")
-    return LOSSES[name](**kwargs)
