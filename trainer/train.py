@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from pipeline.core.manifest import Manifest
 from pipeline.core.store import atomic_write_text
+from trainer.batch import Batch
 from trainer.data.rows import CachedData, load, store_signature
 from trainer.losses.registry import make_loss
 from trainer.model.export import export
@@ -82,15 +83,12 @@ def train_rows(data: CachedData, idx: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(data.train_idx)[idx.clamp(min=0)]
 
 
-def make_batch(data: CachedData, idx: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
-    valid = (idx >= 0).to(device)
-    batch = data.batch(train_rows(data, idx), device)
-    for m in data.modalities:  # padded rows take part in no pair
-        batch[f"{m}_mask"] = batch[f"{m}_mask"] & valid
-    return batch
+def make_batch(data: CachedData, idx: torch.Tensor, device: torch.device) -> Batch:
+    """The batch of block entries ``idx``; padded entries (-1) take part in no pair."""
+    return data.batch(train_rows(data, idx), device).keep_rows(idx >= 0)
 
 
-def train_step(accelerator, model, loss_fn, optimizer, scheduler, batch) -> dict[str, torch.Tensor]:
+def train_step(accelerator, model, loss_fn, optimizer, scheduler, batch: Batch) -> dict[str, torch.Tensor]:
     """One optimisation step (shared with bench/train.py); returns the loss terms."""
     with accelerator.autocast():
         terms = loss_fn(model(batch))

@@ -30,6 +30,7 @@ import torch
 
 from pipeline.core.manifest import Manifest, ManifestError
 from pipeline.core.store import embeddings_dir, list_parts, read_metadata, read_store, stored_modalities
+from trainer.batch import Batch, ModalityBatch
 from trainer.data.stream import MappedStore, store_nbytes
 
 log = logging.getLogger(__name__)
@@ -215,36 +216,35 @@ class CachedData:
     def dims(self) -> dict[str, int]:
         return {m: int(v.shape[1]) for m, v in self.vectors.items()}
 
-    def batch(self, row_idx: torch.Tensor, target: torch.device) -> dict[str, torch.Tensor]:
-        """Gather the rows ``row_idx`` (an index tensor) into a batch on ``target``.
-
-        Keys: ``anchor``; per modality ``m``: ``m`` (vectors, zeros where absent), ``m_mask``,
-        ``m_weight``, and, when the rows hold rated bad partners, ``m_bad`` (zeros where none) and ``m_bad_mask``.
-        """
-        dev = self.device
-        idx = row_idx.to(dev)
-        out = {"anchor": self.vectors[self.anchor][self._t("anchor")[idx]].float()}
+    def batch(self, row_idx: torch.Tensor, target: torch.device) -> Batch:
+        """Gather the rows ``row_idx`` (an index tensor) into a :class:`~trainer.batch.Batch` on ``target``:
+        the anchor vectors, and per projected modality its partners (zeros where absent), mask and weight,
+        and, when the rows hold rated bad partners, those (zeros where none) and their mask."""
+        idx = row_idx.to(self.device)
+        anchor = self.vectors[self.anchor][self._t("anchor")[idx]].float()
+        sides = {}
         for m in self.modalities:
-            bad = [(f"{m}_bad", "bad")] if self.has_bad(m) else []
-            for name, col in [(m, "partner"), *bad]:
-                j = self._t(f"{col}.{m}")[idx]
-                ok = j >= 0
-                out[name] = self.vectors[m][j.clamp(min=0)].float() * ok[:, None]
-                out[f"{name}_mask"] = ok
-            out[f"{m}_weight"] = self._t(f"weight.{m}")[idx]
-        return {k: v.to(target, non_blocking=True) for k, v in out.items()}
+            vectors, mask = self._gather(m, self._t("partner", m)[idx])
+            bad, bad_mask = self._gather(m, self._t("bad", m)[idx]) if self.has_bad(m) else (None, None)
+            sides[m] = ModalityBatch(vectors, mask, self._t("weight", m)[idx], bad, bad_mask)
+        return Batch(anchor, sides).to(target)
 
-    def _columns(self) -> list[tuple[str, str]]:
-        """(store, row-table column) pairs a batch gathers from."""
-        bad = [(m, f"bad.{m}") for m in self.modalities if self.has_bad(m)]
-        return [(self.anchor, "anchor"), *[(m, f"partner.{m}") for m in self.modalities], *bad]
+    def _gather(self, m: str, j: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows ``j`` of ``m``'s store as float32 (zeros where ``j`` is -1) and the mask ``j >= 0``."""
+        ok = j >= 0
+        return self.vectors[m][j.clamp(min=0)].float() * ok[:, None], ok
+
+    def _columns(self) -> list[tuple[str, str, str | None]]:
+        """(store, row-table column, its modality) triples a batch gathers from."""
+        bad = [(m, "bad", m) for m in self.modalities if self.has_bad(m)]
+        return [(self.anchor, "anchor", None), *[(m, "partner", m) for m in self.modalities], *bad]
 
     def window_steps(self, batch_size: int) -> int:
         """Stream mode: how many steps of ``batch_size`` rows one :meth:`prefetch` covers so that every
         store's window fits its share of the budget; 0 when even one step does not (or not streaming)."""
         if not self.streaming:
             return 0
-        cols = {m: sum(s == m for s, _ in self._columns()) for m in self.vectors}
+        cols = {m: sum(store == m for store, _, _ in self._columns()) for m in self.vectors}
         return min(v.budget // (batch_size * cols[m] * v.dim * v.np_dtype.itemsize) for m, v in self.vectors.items())
 
     def prefetch(self, row_idx: torch.Tensor) -> None:
@@ -255,8 +255,8 @@ class CachedData:
             return
         idx = row_idx.reshape(-1).cpu()
         need: dict[str, list[np.ndarray]] = {m: [] for m in self.vectors}
-        for m, col in self._columns():
-            need[m].append(self._t(col)[idx].clamp(min=0).numpy())  # batch() reads row 0 for absent partners
+        for m, col, of in self._columns():
+            need[m].append(self._t(col, of)[idx].clamp(min=0).numpy())  # batch() reads row 0 for absent partners
         for m, parts in need.items():
             self.vectors[m].prefetch(np.concatenate(parts))
 
@@ -266,14 +266,14 @@ class CachedData:
             cache[modality] = bool((self.rows.bad[modality] >= 0).any())
         return cache[modality]
 
-    def _t(self, name: str) -> torch.Tensor:
-        """Row-table columns as tensors on the vectors' device, built once."""
+    def _t(self, column: str, modality: str | None = None) -> torch.Tensor:
+        """A row-table column (``anchor``, or ``partner``/``weight``/``bad`` of ``modality``) as a tensor
+        on the vectors' device, built once."""
         cache = self.__dict__.setdefault("_tensors", {})
-        if name not in cache:
-            col, _, m = name.partition(".")
-            arr = self.rows.anchor if col == "anchor" else getattr(self.rows, col)[m]
-            cache[name] = torch.from_numpy(np.ascontiguousarray(arr)).to(self.device)
-        return cache[name]
+        if (column, modality) not in cache:
+            arr = self.rows.anchor if column == "anchor" else getattr(self.rows, column)[modality]
+            cache[column, modality] = torch.from_numpy(np.ascontiguousarray(arr)).to(self.device)
+        return cache[column, modality]
 
 
 GPU_FRACTION = 0.6  # memory_gb = 0 on CUDA: the stores may take this share of free GPU memory

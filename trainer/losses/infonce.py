@@ -12,18 +12,22 @@ in the batch the symmetric InfoNCE between the anchor and ``m``, with
 * an explicit rated bad partner as an extra column in that row's anchor->m denominator;
 * optional in-batch hard-negative mining: only the ``hard_negatives`` most similar in-batch
   negatives stay in each row's denominator;
-* an optional cross-batch memory queue of past features as extra negatives;
+* an optional cross-batch memory queue of past features as extra negatives (:mod:`trainer.losses.queue`);
 * optional CyCLIP in-modal and cross-modal cycle-consistency terms (:mod:`trainer.losses.cyclip`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainer.batch import Features, ModalityBatch
 from trainer.losses.cyclip import cyclip_terms
 from trainer.losses.gather import gather_features, rank_and_world
+from trainer.losses.queue import NegativeQueue
 
 NEG_INF = float("-inf")
 
@@ -63,6 +67,18 @@ def weighted_ce(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor
     return (ce * weight).sum() / weight.sum().clamp(min=1e-8)
 
 
+def gather_side(side: ModalityBatch, gather: Callable[[torch.Tensor], torch.Tensor]) -> ModalityBatch:
+    """A modality's batch side with every field gathered across ranks (masks travel as floats)."""
+    def mask(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else gather(t.float()).bool()
+    return ModalityBatch(gather(side.vectors), mask(side.mask), gather(side.weight.float()),
+                         None if side.bad is None else gather(side.bad), mask(side.bad_mask))
+
+
+def same(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
 class BindLoss(nn.Module):
     """Masked symmetric InfoNCE of every projected modality against the anchor (see module doc)."""
 
@@ -73,55 +89,57 @@ class BindLoss(nn.Module):
         self.modalities, self.gather, self.local_loss = list(modalities), gather, local_loss
         self.hard_negatives, self.queue_size = hard_negatives, queue_size
         self.cyclip_in, self.cyclip_cross = cyclip_in_modal, cyclip_cross_modal
-        for m in self.modalities:  # the queue is state, saved with the checkpoint for an exact resume
-            self.register_buffer(f"queue_{m}", torch.zeros(queue_size, dim))
-            self.register_buffer(f"queue_anchor_{m}", torch.zeros(queue_size, dim))
-            self.register_buffer(f"queue_len_{m}", torch.zeros((), dtype=torch.long))
+        # the queues are state, saved with the checkpoint for an exact resume
+        self.queues = nn.ModuleDict({m: NegativeQueue(queue_size, dim) for m in self.modalities})
 
-    def forward(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, out: Features) -> dict[str, torch.Tensor]:
         """``out`` is :class:`~trainer.model.heads.Binder`'s output; returns ``loss`` and its named terms."""
         rank, world = rank_and_world() if self.gather else (0, 1)
-        g = gather_features if world > 1 else (lambda t: t)
-        scale, a = out["scale"], g(out["anchor"])
-        n_local = out["anchor"].shape[0]
+        g = gather_features if world > 1 else same
+        a, n_local = g(out.anchor), out.anchor.shape[0]
         local_rows = slice(rank * n_local, (rank + 1) * n_local) if self.local_loss and world > 1 else None
         terms: dict[str, torch.Tensor] = {}
-        total = scale * 0.0
+        total = out.scale * 0.0
         for m in self.modalities:
-            x, mask = g(out[m]), g(out[f"{m}_mask"].float()).bool()
-            total = total + 0.0 * out[m].sum()  # keeps every head in the graph when m is absent (DDP)
-            if not mask.any():
+            side = out.modalities[m]
+            total = total + 0.0 * side.vectors.sum()  # keeps every head in the graph when m is absent (DDP)
+            side = gather_side(side, g)
+            if not side.mask.any():
                 continue
-            l_ax, l_xa, labels, rows = pair_logits(a, x, mask, scale, local_rows)
-            weight = g(out[f"{m}_weight"].float())[rows]
-            if self.hard_negatives:
-                l_ax, l_xa = keep_hardest(l_ax, labels, self.hard_negatives), keep_hardest(l_xa, labels,
-                                                                                          self.hard_negatives)
-            if f"{m}_bad" in out:
-                bad, bad_mask = g(out[f"{m}_bad"]), g(out[f"{m}_bad_mask"].float()).bool()
-                extra = (scale * (a[rows] * bad[rows]).sum(-1)).masked_fill(~bad_mask[rows], NEG_INF)
-                l_ax = torch.cat([l_ax, extra[:, None]], 1)
-            n_q = int(getattr(self, f"queue_len_{m}"))
-            if n_q:
-                l_ax = torch.cat([l_ax, scale * a[rows] @ getattr(self, f"queue_{m}")[:n_q].T.to(a.dtype)], 1)
-                l_xa = torch.cat([l_xa, scale * x[rows] @ getattr(self, f"queue_anchor_{m}")[:n_q].T.to(x.dtype)], 1)
-            term = (weighted_ce(l_ax, labels, weight) + weighted_ce(l_xa, labels, weight)) / 2
-            terms[f"infonce_{m}"] = term
-            total = total + term
-            if self.cyclip_in or self.cyclip_cross:
-                cols = torch.nonzero(mask, as_tuple=True)[0]
-                c_in, c_cross = cyclip_terms(a[cols], x[cols])
-                terms[f"cyclip_in_{m}"], terms[f"cyclip_cross_{m}"] = c_in, c_cross
-                total = total + self.cyclip_in * c_in + self.cyclip_cross * c_cross
-            if self.queue_size:
-                self._enqueue(m, x[mask].detach(), a[mask].detach())
+            m_terms, m_total = self.modality_terms(m, a, side, out.scale, local_rows)
+            terms.update(m_terms)
+            total = total + m_total
         terms["loss"] = total
         return terms
 
-    @torch.no_grad()
-    def _enqueue(self, m: str, x: torch.Tensor, a: torch.Tensor) -> None:
-        """Newest first; buffers are replaced, not written in place, so this step's graph stays valid."""
-        q = self.queue_size
-        setattr(self, f"queue_{m}", torch.cat([x.float(), getattr(self, f"queue_{m}")])[:q])
-        setattr(self, f"queue_anchor_{m}", torch.cat([a.float(), getattr(self, f"queue_anchor_{m}")])[:q])
-        setattr(self, f"queue_len_{m}", (getattr(self, f"queue_len_{m}") + len(x)).clamp(max=q))
+    def modality_terms(self, m: str, a: torch.Tensor, side: ModalityBatch, scale: torch.Tensor,
+                       local_rows: slice | None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The (anchor, ``m``) terms of a (gathered) batch, and their weighted sum; updates ``m``'s queue."""
+        term = self.infonce(m, a, side, scale, local_rows)
+        terms, total = {f"infonce_{m}": term}, term
+        if self.cyclip_in or self.cyclip_cross:
+            cols = torch.nonzero(side.mask, as_tuple=True)[0]
+            c_in, c_cross = cyclip_terms(a[cols], side.vectors[cols])
+            terms[f"cyclip_in_{m}"], terms[f"cyclip_cross_{m}"] = c_in, c_cross
+            total = total + self.cyclip_in * c_in + self.cyclip_cross * c_cross
+        if self.queue_size:
+            self.queues[m].push(side.vectors[side.mask].detach(), a[side.mask].detach())
+        return terms, total
+
+    def infonce(self, m: str, a: torch.Tensor, side: ModalityBatch, scale: torch.Tensor,
+                local_rows: slice | None) -> torch.Tensor:
+        """Symmetric weighted InfoNCE of the rows pairing the anchor with ``m``, with the hard-negative,
+        rated-bad-partner and queue options."""
+        x = side.vectors
+        l_ax, l_xa, labels, rows = pair_logits(a, x, side.mask, scale, local_rows)
+        if self.hard_negatives:
+            l_ax, l_xa = (keep_hardest(logits, labels, self.hard_negatives) for logits in (l_ax, l_xa))
+        if side.bad is not None:
+            extra = (scale * (a[rows] * side.bad[rows]).sum(-1)).masked_fill(~side.bad_mask[rows], NEG_INF)
+            l_ax = torch.cat([l_ax, extra[:, None]], 1)
+        if len(self.queues[m]):
+            held_x, held_a = self.queues[m].held()
+            l_ax = torch.cat([l_ax, scale * a[rows] @ held_x.T.to(a.dtype)], 1)
+            l_xa = torch.cat([l_xa, scale * x[rows] @ held_a.T.to(x.dtype)], 1)
+        weight = side.weight[rows]
+        return (weighted_ce(l_ax, labels, weight) + weighted_ce(l_xa, labels, weight)) / 2

@@ -16,6 +16,7 @@ from torch import nn
 
 from pipeline.core.heads_file import plain_head
 from pipeline.core.manifest import ManifestError
+from trainer.batch import Batch, Features
 
 
 def make_head(d_in: int, d_out: int, hidden: int = 2048, depth: int = 2, dropout: float = 0.0) -> nn.Sequential:
@@ -44,7 +45,8 @@ class Binder(nn.Module):
     """Heads for the projected modalities plus the learnable logit scale.
 
     ``forward(batch)`` maps every projected modality (and its bad partners) into the anchor
-    space and returns L2-normalised features with the masks passed through, plus the scale.
+    space and returns them L2-normalised as :class:`~trainer.batch.Features` (masks and weights
+    passed through, plus the scale).
     """
 
     def __init__(self, dims: dict[str, int], anchor: str, modalities: list[str], hidden: int = 2048,
@@ -67,15 +69,14 @@ class Binder(nn.Module):
             x = self.heads[modality](x)
         return F.normalize(x.float(), dim=-1)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        out = {"anchor": F.normalize(batch["anchor"].float(), dim=-1), "scale": self.scale()}
+    def forward(self, batch: Batch) -> Features:
+        sides = {}
         for m in self.modalities:
-            if f"{m}_bad" in batch:  # rated hard negatives go through the same head in one call
-                n = batch[m].shape[0]
-                both = self.project(m, torch.cat([batch[m], batch[f"{m}_bad"]]))
-                out[m], out[f"{m}_bad"] = both[:n], both[n:]
-                out[f"{m}_bad_mask"] = batch[f"{m}_bad_mask"]
+            side = batch.modalities[m]
+            if side.bad is not None:  # rated hard negatives go through the same head in one call
+                n = side.vectors.shape[0]
+                both = self.project(m, torch.cat([side.vectors, side.bad]))
+                sides[m] = side.replace(vectors=both[:n], bad=both[n:])
             else:
-                out[m] = self.project(m, batch[m])
-            out[f"{m}_mask"], out[f"{m}_weight"] = batch[f"{m}_mask"], batch[f"{m}_weight"]
-        return out
+                sides[m] = side.replace(vectors=self.project(m, side.vectors))
+        return Features(F.normalize(batch.anchor.float(), dim=-1), sides, self.scale())

@@ -3,6 +3,7 @@ tensors or streamed from memory-mapped Parquet."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -17,6 +18,7 @@ from pipeline.core.store import META_PREFIX
 from tests.planted import write_planted_stores
 from tests.trainer.conftest import DIMS, make_manifest, write_quintuples
 from trainer import train
+from trainer.batch import Batch
 from trainer.data.rows import is_val, load
 from trainer.data.stream import MappedStore
 from trainer.train import epoch_blocks, make_batch, train_rows
@@ -29,17 +31,18 @@ def test_captions_join_by_same_key_and_mask_missing(tmp_path):
     akeys = data.keys["text"][data.rows.anchor]
     assert len(data.rows) == 49 and "s00004" not in set(akeys)  # item 4 has no partner at all
     batch = data.batch(torch.arange(len(data.rows)), torch.device("cpu"))
+    audio, points = batch.modalities["audio"], batch.modalities["points"]
     akeys = data.keys["text"][data.rows.anchor]
     for i, key in enumerate(akeys):
         n = int(key[1:])
-        assert torch.allclose(batch["anchor"][i], torch.from_numpy(vectors["text"][n]).float())
-        assert bool(batch["audio_mask"][i]) == (n not in (3, 4))
-        assert bool(batch["points_mask"][i]) == (n not in (4, 7))
+        assert torch.allclose(batch.anchor[i], torch.from_numpy(vectors["text"][n]).float())
+        assert bool(audio.mask[i]) == (n not in (3, 4))
+        assert bool(points.mask[i]) == (n not in (4, 7))
         if n not in (3, 4):
-            assert torch.allclose(batch["audio"][i], torch.from_numpy(vectors["audio"][n]).float())
+            assert torch.allclose(audio.vectors[i], torch.from_numpy(vectors["audio"][n]).float())
         else:
-            assert batch["audio"][i].abs().sum() == 0
-    assert "audio_bad" not in batch
+            assert audio.vectors[i].abs().sum() == 0
+    assert audio.bad is None and audio.bad_mask is None
 
 
 def test_quintuples_join_partners_and_keep_null_targets(tmp_path):
@@ -49,10 +52,10 @@ def test_quintuples_join_partners_and_keep_null_targets(tmp_path):
                      {"audio": ["s00005", None, "s00001"], "points": [None, "s00009", "s00002"]})
     data = load(make_manifest(tmp_path, use_captions=False))
     assert len(data.rows) == 2
-    batch = data.batch(torch.arange(2), torch.device("cpu"))
-    assert batch["audio_mask"].tolist() == [True, False] and batch["points_mask"].tolist() == [False, True]
-    assert torch.allclose(batch["audio"][0], torch.from_numpy(vectors["audio"][5]).float())
-    assert torch.allclose(batch["points"][1], torch.from_numpy(vectors["points"][9]).float())
+    audio, points = data.batch(torch.arange(2), torch.device("cpu")).modalities.values()
+    assert audio.mask.tolist() == [True, False] and points.mask.tolist() == [False, True]
+    assert torch.allclose(audio.vectors[0], torch.from_numpy(vectors["audio"][5]).float())
+    assert torch.allclose(points.vectors[1], torch.from_numpy(vectors["points"][9]).float())
 
 
 def test_triples_good_partial_bad(tmp_path):
@@ -68,12 +71,12 @@ def test_triples_good_partial_bad(tmp_path):
     assert len(dropped.rows) == 2  # the partial row is dropped
     soft = load(make_manifest(tmp_path, **base, partial="soft", partial_weight=0.25))
     assert len(soft.rows) == 3
-    b = soft.batch(torch.arange(3), torch.device("cpu"))
-    assert b["audio_mask"].tolist() == [True, False, True] and b["points_mask"].tolist() == [False, True, False]
-    assert b["points_weight"][1].item() == 0.25 and b["audio_weight"][0].item() == 1.0
-    assert b["audio_bad_mask"].tolist() == [True, False, False]
-    assert torch.allclose(b["audio_bad"][0], torch.from_numpy(vectors["audio"][4]).float())
-    assert torch.allclose(b["audio"][0], torch.from_numpy(vectors["audio"][3]).float())
+    audio, points = soft.batch(torch.arange(3), torch.device("cpu")).modalities.values()
+    assert audio.mask.tolist() == [True, False, True] and points.mask.tolist() == [False, True, False]
+    assert points.weight[1].item() == 0.25 and audio.weight[0].item() == 1.0
+    assert audio.bad_mask.tolist() == [True, False, False]
+    assert torch.allclose(audio.bad[0], torch.from_numpy(vectors["audio"][4]).float())
+    assert torch.allclose(audio.vectors[0], torch.from_numpy(vectors["audio"][3]).float())
 
 
 def test_missing_triples_and_no_rows_are_config_errors(tmp_path):
@@ -125,7 +128,7 @@ def test_no_training_row_references_a_held_out_item_in_any_modality(tmp_path):
     batch = data.batch(torch.as_tensor(data.train_idx), torch.device("cpu"))
     for m in data.modalities:
         j = rows.partner[m][data.train_idx]
-        assert batch[f"{m}_mask"].numpy().tolist() == (j >= 0).tolist()
+        assert batch.modalities[m].mask.numpy().tolist() == (j >= 0).tolist()
 
 
 def test_quintuples_of_another_query_modality_are_a_config_error(tmp_path):
@@ -151,6 +154,16 @@ def test_val_fraction_holding_out_every_row_is_a_config_error(tmp_path):
     assert not (~is_val([f"s{i:05d}" for i in range(50)], 0, 0.9999)).any()  # every key held out
     with pytest.raises(ManifestError, match=r"train\.val_fraction"):
         load(make_manifest(tmp_path, val_fraction=0.9999))
+
+
+def fields(batch: Batch) -> dict[tuple[str, str], torch.Tensor]:
+    """Every tensor of a batch by (modality or "anchor", field), absent bad partners left out."""
+    out = {("anchor", "vectors"): batch.anchor}
+    for m, side in batch.modalities.items():
+        for f in dataclasses.fields(side):
+            if getattr(side, f.name) is not None:
+                out[m, f.name] = getattr(side, f.name)
+    return out
 
 
 def small_row_groups(output, rows: int = 16) -> None:
@@ -196,6 +209,7 @@ def test_stream_gathers_the_same_batches_as_in_memory_within_the_budget(tmp_path
             decoded = {m: v.decoded for m, v in ahead.vectors.items()}
             c = make_batch(ahead, blocks[s, 0], torch.device("cpu"))
             assert decoded == {m: v.decoded for m, v in ahead.vectors.items()}  # served from the window alone
+            a, b, c = fields(a), fields(b), fields(c)
             assert a.keys() == b.keys() == c.keys()
             for k in a:
                 assert torch.equal(a[k], b[k]) and torch.equal(a[k], c[k]), (epoch, s, k)

@@ -15,4 +15,4 @@ def test_unknown_loss_is_a_manifest_error():
 def test_infonce_is_built_with_its_options():
     loss = make_loss("infonce", modalities=["audio", "points"], dim=4, queue_size=3)
     assert isinstance(loss, BindLoss)
-    assert loss.modalities == ["audio", "points"] and tuple(loss.queue_audio.shape) == (3, 4)
+    assert loss.modalities == ["audio", "points"] and tuple(loss.queues["audio"].features.shape) == (3, 4)

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from pipeline.core.manifest import ManifestError
+from trainer.batch import Batch, ModalityBatch
 from trainer.model.heads import Binder, make_head, to_plain
 
 
@@ -27,13 +28,13 @@ def test_depth_width_dropout_and_plain_copy():
 
 def test_binder_projects_normalises_and_passes_anchor_through():
     binder = Binder({"text": 6, "audio": 4}, "text", ["audio"], hidden=8)
-    batch = {"anchor": torch.randn(3, 6) * 5, "audio": torch.randn(3, 4),
-             "audio_mask": torch.ones(3, dtype=torch.bool), "audio_weight": torch.ones(3)}
+    batch = Batch(torch.randn(3, 6) * 5, {"audio": ModalityBatch(torch.randn(3, 4), torch.ones(3, dtype=torch.bool),
+                                                                 torch.ones(3))})
     out = binder(batch)
-    assert out["audio"].shape == (3, 6)
-    assert torch.allclose(out["audio"].norm(dim=-1), torch.ones(3))
-    assert torch.allclose(out["anchor"], torch.nn.functional.normalize(batch["anchor"], dim=-1))
-    assert abs(out["scale"].item() - 1 / 0.07) < 1e-4
+    assert out.modalities["audio"].vectors.shape == (3, 6)
+    assert torch.allclose(out.modalities["audio"].vectors.norm(dim=-1), torch.ones(3))
+    assert torch.allclose(out.anchor, torch.nn.functional.normalize(batch.anchor, dim=-1))
+    assert abs(out.scale.item() - 1 / 0.07) < 1e-4
     with torch.no_grad():
         binder.logit_scale.fill_(10.0)
     assert binder.scale().item() == 100.0  # clamped
@@ -43,3 +44,18 @@ def test_out_dim_other_than_the_anchor_dim_is_a_manifest_error():
     with pytest.raises(ManifestError, match=r"train\.out_dim: 5 differs from the anchor's dim 6"):
         Binder({"text": 6, "audio": 4}, "text", ["audio"], hidden=8, out_dim=5)
     assert Binder({"text": 6, "audio": 4}, "text", ["audio"], hidden=8, out_dim=6).heads["audio"][-1].out_features == 6
+
+
+def test_bad_partners_go_through_the_same_head_and_keep_their_mask():
+    binder = Binder({"text": 6, "audio": 4}, "text", ["audio"], hidden=8)
+    vectors, bad = torch.randn(3, 4), torch.randn(3, 4)
+    side = ModalityBatch(vectors, torch.tensor([True, False, True]), torch.tensor([1.0, 1.0, 0.5]), bad,
+                         torch.tensor([False, True, False]))
+    out = binder(Batch(torch.randn(3, 6), {"audio": side})).modalities["audio"]
+    head = binder.heads["audio"]
+    assert torch.allclose(out.vectors, torch.nn.functional.normalize(head(vectors), dim=-1), atol=1e-6)
+    assert torch.allclose(out.bad, torch.nn.functional.normalize(head(bad), dim=-1), atol=1e-6)
+    assert out.mask.tolist() == [True, False, True] and out.bad_mask.tolist() == [False, True, False]
+    assert out.weight.tolist() == [1.0, 1.0, 0.5]
+    with pytest.raises(ValueError, match="bad and bad_mask"):
+        ModalityBatch(vectors, side.mask, side.weight, bad)
