@@ -12,15 +12,15 @@ from accelerate.tracking import GeneralTracker
 
 
 class CSVTracker(GeneralTracker):
-    """``accelerator.log(values, step)`` -> appended rows of ``<folder>/train_log.csv``."""
+    """``accelerator.log(values, step)`` -> appended rows of the CSV file ``path`` (a run's ``log``)."""
 
     name = "csv"
     requires_logging_directory = False
     main_process_only = True
 
-    def __init__(self, folder: str | Path, file_name: str = "train_log.csv"):
+    def __init__(self, path: str | Path):
         super().__init__()
-        self.path = Path(folder) / file_name
+        self.path = Path(path)
 
     def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

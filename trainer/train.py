@@ -10,12 +10,14 @@ already done makes a resumed run end with the same heads as an uninterrupted one
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import math
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +25,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.core.manifest import Manifest
-from pipeline.core.store import atomic_write_text
+from pipeline.core.layout import OutputLayout, RunLayout
+from pipeline.core.manifest import Manifest, TrainConfig
+from pipeline.core.store import atomic_write_text, store_fingerprint
 from trainer.batch import Batch
-from trainer.data.rows import CachedData, load, store_signature
+from trainer.checks import check_rows, check_train
+from trainer.data.rows import CachedData, load
 from trainer.losses.registry import make_loss
 from trainer.model.export import export
 from trainer.model.heads import Binder
@@ -35,10 +39,6 @@ from trainer.tracking import CSVTracker
 log = logging.getLogger(__name__)
 STATE_FILE = "trainer_state.json"
 EPOCH_SAVE_S = 120.0  # checkpoint_every = 0: save at an epoch's end if the last save is older than this
-
-
-def run_dir(manifest: Manifest, run: str = "") -> Path:
-    return manifest.output / "runs" / (run or manifest.train.run)
 
 
 def lr_lambda(warmup: int, total: int):
@@ -58,20 +58,21 @@ def epoch_blocks(n: int, epoch: int, seed: int, batch: int, world: int) -> torch
     return torch.cat([perm, pad]).view(steps, world, batch)
 
 
-def latest_checkpoint(folder: Path) -> Path | None:
-    done = [p for p in folder.glob("step_*") if (p / STATE_FILE).is_file()]
-    return max(done, key=lambda p: int(p.name.split("_")[1])) if done else None
+def latest_checkpoint(run: RunLayout) -> Path | None:
+    """The newest checkpoint marked complete (its state file written after every rank saved)."""
+    done = [p for p in run.checkpoints.glob(RunLayout.CHECKPOINT_GLOB) if (p / STATE_FILE).is_file()]
+    return max(done, key=RunLayout.checkpoint_step) if done else None
 
 
-def run_fingerprint(manifest: Manifest, data: CachedData) -> str:
+def run_fingerprint(train: TrainConfig, layout: OutputLayout, data: CachedData) -> str:
     """What a checkpoint must match to be resumed: the [train] section, the training rows, and each
-    used store's dim, encoder digest and part names and sizes. A second round with new quintuples
+    used store's fingerprint (identity, part names and sizes) and dim. A second round with new quintuples
     (same run name), or a store re-encoded (another encoder or dim), therefore starts afresh instead
     of resuming the finished first round (or failing to load heads of another shape)."""
     rows = data.rows
     digest = hashlib.blake2b(digest_size=16)
-    digest.update(json.dumps(manifest.to_dict()["train"], sort_keys=True, default=str).encode())
-    stores = {m: {**store_signature(manifest.output, m), "dim": dim} for m, dim in data.dims().items()}
+    digest.update(json.dumps(dataclasses.asdict(train), sort_keys=True, default=str).encode())
+    stores = {m: {**store_fingerprint(layout.root, m), "dim": dim} for m, dim in data.dims().items()}
     digest.update(json.dumps(stores, sort_keys=True).encode())
     for arr in (rows.anchor, data.train_idx, *rows.partner.values(), *rows.weight.values(), *rows.bad.values()):
         digest.update(np.ascontiguousarray(arr).tobytes())
@@ -107,102 +108,177 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> to
                               {"params": no_decay, "weight_decay": 0.0}], lr=lr)
 
 
-def run(manifest: Manifest, stop_after_steps: int | None = None) -> dict[str, Any]:
-    """Train ``[train]``'s heads; export them to ``runs/<run>/``; return a summary.
+@dataclass
+class Trainer:
+    """Everything one run's loop works with, built by :func:`setup`."""
 
-    ``stop_after_steps`` saves a checkpoint and stops early (used to test resuming).
-    """
+    train: TrainConfig
+    run: RunLayout
+    accelerator: Any
+    data: CachedData
+    model: torch.nn.Module  # prepared by accelerate (DDP-wrapped under several processes)
+    loss_fn: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    steps_per_epoch: int
+    total: int  # steps of the whole run
+    fingerprint: str  # what a checkpoint must match to be resumed
+
+    @property
+    def binder(self) -> Binder:
+        return self.accelerator.unwrap_model(self.model)
+
+
+@dataclass
+class Progress:
+    step: int
+    seen: int = 0  # samples trained on in this call (all ranks)
+    last_loss: float = float("nan")
+    stopped: bool = False  # stopped early by stop_after_steps
+
+
+def make_accelerator(train: TrainConfig, run: RunLayout):
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    t = manifest.train
-    out_dir = run_dir(manifest)
-    ckpt_dir = out_dir / "checkpoints"
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=t.precision,
-                              log_with=[CSVTracker(out_dir)])
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=train.precision,
+                              log_with=[CSVTracker(run.log)])
     accelerator.init_trackers("bindery")
-    set_seed(t.seed)
-    data = load(manifest, accelerator.device)
+    set_seed(train.seed)
+    return accelerator
+
+
+def setup(train: TrainConfig, layout: OutputLayout, accelerator, data: CachedData) -> Trainer:
+    """Heads, loss, optimiser and schedule for ``data``; prepared by accelerate, the scheduler and the
+    loss (its queue) registered for checkpointing."""
     dims = data.dims()
-    model = Binder(dims, t.anchor, data.modalities, t.hidden, t.depth, t.dropout, t.out_dim)
-    loss_fn = make_loss(t.loss, modalities=data.modalities, dim=dims[t.anchor], gather=t.gather,
-                        local_loss=t.local_loss, hard_negatives=t.hard_negatives, queue_size=t.queue_size,
-                        cyclip_in_modal=t.cyclip_in_modal, cyclip_cross_modal=t.cyclip_cross_modal)
-    loss_fn.to(accelerator.device)
-    optimizer = make_optimizer(model, t.lr, t.weight_decay)
-    world, rank = accelerator.num_processes, accelerator.process_index
-    n_train = len(data.train_idx)
-    steps_per_epoch = epoch_blocks(n_train, 0, t.seed, t.batch_size, world).shape[0]
-    total = steps_per_epoch * t.epochs
+    model = Binder(dims, train.anchor, data.modalities, train.hidden, train.depth, train.dropout, train.out_dim)
+    loss_fn = make_loss(train.loss, modalities=data.modalities, dim=dims[train.anchor], gather=train.gather,
+                        local_loss=train.local_loss, hard_negatives=train.hard_negatives,
+                        queue_size=train.queue_size, cyclip_in_modal=train.cyclip_in_modal,
+                        cyclip_cross_modal=train.cyclip_cross_modal).to(accelerator.device)
+    optimizer = make_optimizer(model, train.lr, train.weight_decay)
+    steps_per_epoch = epoch_blocks(len(data.train_idx), 0, train.seed, train.batch_size,
+                                   accelerator.num_processes).shape[0]
+    total = steps_per_epoch * train.epochs
     # not prepared: accelerate would step a prepared scheduler once per process
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(min(t.warmup_steps, total), total))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(min(train.warmup_steps, total), total))
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler, loss_fn)
+    return Trainer(train, layout.run(train.run), accelerator, data, model, loss_fn, optimizer, scheduler,
+                   steps_per_epoch, total, run_fingerprint(train, layout, data))
 
-    step = 0
-    fingerprint = run_fingerprint(manifest, data)
-    last = latest_checkpoint(ckpt_dir)
-    if last is not None and json.loads((last / STATE_FILE).read_text()).get("fingerprint") == fingerprint:
-        accelerator.load_state(str(last))
-        step = json.loads((last / STATE_FILE).read_text())["step"]
-        log.info("resumed from %s (step %d of %d)", last, step, total)
-    elif last is not None:
+
+def resume(tr: Trainer) -> int:
+    """Load the latest checkpoint when it matches this run's fingerprint; the step to start from."""
+    last = latest_checkpoint(tr.run)
+    if last is None:
+        return 0
+    state = json.loads((last / STATE_FILE).read_text())
+    if state.get("fingerprint") != tr.fingerprint:
         log.info("checkpoint %s is from another config or data; training from scratch", last)
+        return 0
+    tr.accelerator.load_state(str(last))
+    log.info("resumed from %s (step %d of %d)", last, state["step"], tr.total)
+    return state["step"]
 
-    def checkpoint(at: int) -> None:
-        path = ckpt_dir / f"step_{at:08d}"
-        accelerator.save_state(str(path))
-        accelerator.wait_for_everyone()  # every rank's part is on disk before the checkpoint is marked complete
-        if accelerator.is_main_process:
-            atomic_write_text(path / STATE_FILE, json.dumps({"step": at, "total": total, "fingerprint": fingerprint}))
-            for old in ckpt_dir.glob("step_*"):
-                if old != path:
-                    shutil.rmtree(old, ignore_errors=True)
-        accelerator.wait_for_everyone()
 
-    model.train()
-    resumed_from = step
-    start, seen, last_loss = time.perf_counter(), 0, float("nan")
-    saved_at = start
-    bar = tqdm(total=total, initial=step, desc="train", disable=not accelerator.is_main_process)
-    ahead = data.window_steps(t.batch_size)  # stream mode: steps read ahead at once (0 = none)
-    if data.streaming:
+def save_checkpoint(tr: Trainer, step: int) -> None:
+    """Every rank saves, then (after a barrier) the main process marks the checkpoint complete with its
+    state file (step, fingerprint, the [train] section) and deletes the older ones."""
+    acc, path = tr.accelerator, tr.run.checkpoint(step)
+    acc.save_state(str(path))
+    acc.wait_for_everyone()  # every rank's part is on disk before the checkpoint is marked complete
+    if acc.is_main_process:
+        state = {"step": step, "total": tr.total, "fingerprint": tr.fingerprint, "train": dataclasses.asdict(tr.train)}
+        atomic_write_text(path / STATE_FILE, json.dumps(state, default=str))
+        for old in tr.run.checkpoints.glob(RunLayout.CHECKPOINT_GLOB):
+            if old != path:
+                shutil.rmtree(old, ignore_errors=True)
+    acc.wait_for_everyone()
+
+
+def log_terms(tr: Trainer, step: int, terms: dict[str, torch.Tensor]) -> None:
+    values = {k: float(v.detach()) for k, v in terms.items()}
+    tr.accelerator.log(values | {"lr": tr.scheduler.get_last_lr()[0], "scale": float(tr.binder.scale().detach())},
+                       step=step)
+
+
+def read_ahead(tr: Trainer) -> int:
+    """Stream mode: how many steps' rows are read at once (0 = none; logged)."""
+    ahead = tr.data.window_steps(tr.train.batch_size)
+    if tr.data.streaming:
         log.info("stream: reading %d step(s) ahead%s", ahead, "" if ahead else
                  " (one step's rows exceed train.memory_gb: every batch goes through the row-group cache)")
-    for epoch in range(step // steps_per_epoch, t.epochs):
-        blocks = epoch_blocks(n_train, epoch, t.seed, t.batch_size, world)
-        first = step - epoch * steps_per_epoch
-        for s in range(first, steps_per_epoch):
-            if ahead and (s - first) % ahead == 0:
-                data.prefetch(train_rows(data, blocks[s:s + ahead, rank]))
-            terms = train_step(accelerator, model, loss_fn, optimizer, scheduler,
-                               make_batch(data, blocks[s, rank], accelerator.device))
-            step += 1
-            seen += int((blocks[s, rank] >= 0).sum()) * world
-            last_loss = float(terms["loss"].detach())
-            bar.update(1)
-            if step % 10 == 0 or step == total:
-                accelerator.log({k: float(v.detach()) for k, v in terms.items()} | {"lr": scheduler.get_last_lr()[0],
-                                "scale": float(accelerator.unwrap_model(model).scale().detach())}, step=step)
-            if stop_after_steps is not None and step >= stop_after_steps:
-                checkpoint(step)
-                bar.close()
-                finish(accelerator)
-                return {"run": t.run, "stopped_at": step, "total_steps": total}
-            if t.checkpoint_every and step % t.checkpoint_every == 0:
-                checkpoint(step)
-        if not t.checkpoint_every and (step == total or time.perf_counter() - saved_at > EPOCH_SAVE_S):
-            checkpoint(step)
-            saved_at = time.perf_counter()
-    bar.close()
+    return ahead
+
+
+def loop(tr: Trainer, step: int, stop_after_steps: int | None = None) -> Progress:
+    """Train from ``step`` to the end: each epoch's seeded blocks, this rank's slice of each step,
+    stream read-ahead, a log row every 10 steps, checkpoints every ``checkpoint_every`` steps (or at
+    an epoch's end when the last save is older than EPOCH_SAVE_S), an early stop after ``stop_after_steps``."""
+    t, acc, data = tr.train, tr.accelerator, tr.data
+    world, rank = acc.num_processes, acc.process_index
+    ahead, progress, saved_at = read_ahead(tr), Progress(step), time.perf_counter()
+    with tqdm(total=tr.total, initial=step, desc="train", disable=not acc.is_main_process) as bar:
+        for epoch in range(step // tr.steps_per_epoch, t.epochs):
+            blocks = epoch_blocks(len(data.train_idx), epoch, t.seed, t.batch_size, world)
+            first = progress.step - epoch * tr.steps_per_epoch
+            for s in range(first, tr.steps_per_epoch):
+                if ahead and (s - first) % ahead == 0:
+                    data.prefetch(train_rows(data, blocks[s:s + ahead, rank]))
+                batch = make_batch(data, blocks[s, rank], acc.device)
+                terms = train_step(acc, tr.model, tr.loss_fn, tr.optimizer, tr.scheduler, batch)
+                progress.step += 1
+                progress.seen += int((blocks[s, rank] >= 0).sum()) * world
+                progress.last_loss = float(terms["loss"].detach())
+                bar.update(1)
+                if progress.step % 10 == 0 or progress.step == tr.total:
+                    log_terms(tr, progress.step, terms)
+                if stop_after_steps is not None and progress.step >= stop_after_steps:
+                    save_checkpoint(tr, progress.step)
+                    progress.stopped = True
+                    return progress
+                if t.checkpoint_every and progress.step % t.checkpoint_every == 0:
+                    save_checkpoint(tr, progress.step)
+            if not t.checkpoint_every and (progress.step == tr.total or time.perf_counter() - saved_at > EPOCH_SAVE_S):
+                save_checkpoint(tr, progress.step)
+                saved_at = time.perf_counter()
+    return progress
+
+
+def summarize(tr: Trainer, resumed_from: int, progress: Progress, seconds: float) -> dict[str, Any]:
+    t, data = tr.train, tr.data
+    return {"run": t.run, "steps": progress.step, "resumed_from_step": resumed_from, "epochs": t.epochs,
+            "world_size": tr.accelerator.num_processes, "final_loss": progress.last_loss,
+            "rows": len(data.rows), "train_rows": len(data.train_idx), "val_rows": len(data.val_idx),
+            "modalities": data.modalities, "anchor": t.anchor, "seconds": round(seconds, 2),
+            "samples_per_s": round(progress.seen / seconds, 1) if seconds > 0 else None,
+            "run_dir": str(tr.run.root)}
+
+
+def run(manifest: Manifest, stop_after_steps: int | None = None) -> dict[str, Any]:
+    """Train ``[train]``'s heads; export them to the run's folder; return a summary.
+
+    ``stop_after_steps`` saves a checkpoint and stops early (used to test resuming).
+    """
+    t, layout = manifest.train, manifest.layout
+    check_train(t, layout)
+    accelerator = make_accelerator(t, layout.run(t.run))
+    data = load(t, layout, accelerator.device)
+    check_rows(t, data)
+    tr = setup(t, layout, accelerator, data)
+    resumed_from = resume(tr)
+    start = time.perf_counter()
+    progress = loop(tr, resumed_from, stop_after_steps)
+    if progress.stopped:
+        finish(accelerator)
+        return {"run": t.run, "stopped_at": progress.step, "total_steps": tr.total}
     seconds = time.perf_counter() - start
     accelerator.wait_for_everyone()
-    summary = {"run": t.run, "steps": step, "resumed_from_step": resumed_from, "epochs": t.epochs, "world_size": world, "final_loss": last_loss,
-               "rows": len(data.rows), "train_rows": n_train, "val_rows": len(data.val_idx),
-               "modalities": data.modalities, "anchor": t.anchor, "seconds": round(seconds, 2),
-               "samples_per_s": round(seen / seconds, 1) if seconds > 0 else None, "run_dir": str(out_dir)}
+    summary = summarize(tr, resumed_from, progress, seconds)
     if accelerator.is_main_process:
-        export(out_dir, accelerator.unwrap_model(model), {"manifest": manifest.to_dict(), "train_summary": summary})
+        export(tr.run.root, tr.binder, {"manifest": manifest.to_dict(), "train_summary": summary})
     finish(accelerator)
     return summary
 

@@ -117,9 +117,21 @@ class RunLayout:
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"
 
+    def checkpoint(self, step: int) -> Path:
+        """The training state saved after ``step`` steps (``trainer_state.json`` marks it complete)."""
+        return self.checkpoints / f"step_{step:08d}"
+
+    CHECKPOINT_GLOB = "step_*"
+
+    @staticmethod
+    def checkpoint_step(path: Path) -> int:
+        """The step a :meth:`checkpoint` folder was saved at."""
+        return int(path.name.split("_")[1])
+
     @property
     def log(self) -> Path:
-        return self.root / "log.csv"
+        """The training log (``step,name,value`` rows)."""
+        return self.root / "train_log.csv"
 
     def file(self, name: str) -> Path:
         return self.root / name

@@ -445,6 +445,7 @@ def _check_train(m: Manifest) -> None:
     for key in ("hard_negatives", "queue_size", "checkpoint_every", "warmup_steps", "cyclip_in_modal",
                 "cyclip_cross_modal"):
         _non_negative(f"train.{key}", getattr(t, key))
+    _non_negative("train.memory_gb", t.memory_gb, zero="derive it from free memory")
     if not 0.0 < t.partial_weight <= 1.0:
         raise ManifestError(f"train.partial_weight: must be in (0, 1], got {t.partial_weight}")
 

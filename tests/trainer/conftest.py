@@ -11,6 +11,8 @@ import pytest
 
 from pipeline.core.manifest import Manifest, from_dict
 from tests.planted import write_planted_stores
+from trainer.checks import check_rows, check_train
+from trainer.data.rows import CachedData, load
 
 DIMS = {"text": 32, "audio": 24, "points": 16}
 
@@ -20,6 +22,14 @@ def make_manifest(output: Path, **train) -> Manifest:
            "modalities": {m: {"encoder": f"planted-{m}"} for m in DIMS},
            "train": {"hidden": 64, "epochs": 3, "batch_size": 64, "lr": 3e-3, "warmup_steps": 2, **train}}
     return from_dict(raw, base=output)
+
+
+def load_checked(manifest: Manifest, device: str = "cpu") -> CachedData:
+    """The training data as `bindery train` gets it: the stage checks, the row join, the row check."""
+    check_train(manifest.train, manifest.layout)
+    data = load(manifest.train, manifest.layout, device)
+    check_rows(manifest.train, data)
+    return data
 
 
 def write_quintuples(output: Path, keys: list[str], partners: dict[str, list[str | None]]) -> Path:

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.launch import torchrun
-from tests.trainer.conftest import DIMS, make_manifest
+from tests.trainer.conftest import DIMS, load_checked, make_manifest
 from trainer import train
 from trainer.data.rows import is_val
 from trainer.eval import evaluate
@@ -189,7 +189,7 @@ def test_bad_config_values_exit_2_naming_the_key(planted, capsys, command, overr
 DDP_SCRIPT = r'''
 import json, os, sys
 from pathlib import Path
-from tests.trainer.conftest import DIMS, make_manifest
+from tests.trainer.conftest import DIMS, load_checked, make_manifest
 from trainer import train
 out = Path(sys.argv[1])
 summary = train.run(make_manifest(out, epochs=2, batch_size=64, run="ddp"))
@@ -230,11 +230,9 @@ def test_negative_train_values_are_manifest_errors(planted, override):
 
 @pytest.mark.gpu
 def test_gpu_training_keeps_stores_on_the_gpu_in_bf16(planted):
-    from trainer.data.rows import load
-
     output, _ = planted
     manifest = make_manifest(output, epochs=12, val_fraction=0.25, precision="bf16", in_memory="gpu")
-    assert load(manifest, "cuda").device.type == "cuda"
+    assert load_checked(manifest, "cuda").device.type == "cuda"
     train.run(manifest)
     metrics = evaluate.run(manifest)
     assert metrics["text->audio"]["R@1"] >= 0.8 and metrics["audio->points"]["R@10"] >= 0.6

@@ -28,15 +28,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from pipeline.core.manifest import Manifest, ManifestError
-from pipeline.core.store import embeddings_dir, list_parts, read_metadata, read_store, stored_modalities
+from pipeline.core.layout import OutputLayout
+from pipeline.core.manifest import TrainConfig
+from pipeline.core.store import read_store, stored_modalities
 from trainer.batch import Batch, ModalityBatch
 from trainer.data.stream import MappedStore, store_nbytes
 
 log = logging.getLogger(__name__)
 
-QUINTUPLES = Path("pairs") / "quintuples.parquet"
 TRIPLE_LABELS = ("good", "partial", "bad")
+TRIPLE_COLUMNS = ("query_key", "modality", "target_key", "label")
 
 
 def is_val(keys: list[str] | np.ndarray, seed: int, fraction: float) -> np.ndarray:
@@ -54,17 +55,10 @@ def key_index(store_keys: np.ndarray, wanted: list | np.ndarray | pa.Array) -> n
     return idx.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
-def projected_modalities(manifest: Manifest, stored: list[str]) -> list[str]:
-    """Modalities that get a head: the configured ones, or every stored non-anchor one."""
-    t = manifest.train
-    mods = list(t.modalities) or [m for m in stored if m != t.anchor and m not in t.anchor_passthrough]
-    for m in mods:
-        if m not in stored:
-            raise ManifestError(f"train.modalities: {m!r} has no embedding store under {manifest.output}; "
-                                f"run `bindery precompute` for it or drop it from train.modalities")
-        if m == t.anchor or m in t.anchor_passthrough:
-            raise ManifestError(f"train.modalities: {m!r} is the anchor or a passthrough modality; remove it")
-    return mods
+def projected_modalities(train: TrainConfig, stored: list[str]) -> list[str]:
+    """Modalities that get a head: the configured ones, or every stored one but the anchor and passthroughs
+    (:func:`trainer.checks.check_train` has made sure configured ones are stored and not the anchor)."""
+    return list(train.modalities) or [m for m in stored if m != train.anchor and m not in train.anchor_passthrough]
 
 
 @dataclass
@@ -98,25 +92,6 @@ def _rows(anchor: np.ndarray, mods: list[str], partner: dict[str, np.ndarray] | 
                 {m: np.full(n, -1, np.int64) for m in mods})
 
 
-def check_quintuples_query(path: Path, anchor: str) -> None:
-    """The quintuples' queries must be anchor items: ``bindery.query`` (written by `bindery pair`, the
-    query modality) must equal ``train.anchor``; tables without it are taken as anchor-keyed."""
-    query = read_metadata(path).get("query")
-    if query is not None and query != anchor:
-        raise ManifestError(f"pair.query / train.anchor: {path} pairs {query!r} queries but train.anchor is "
-                            f"{anchor!r}; set train.anchor = {query!r}, or re-run `bindery pair` with "
-                            f"pair.query = {anchor!r}, or set train.use_quintuples = false")
-
-
-def store_signature(output: str | Path, modality: str) -> dict:
-    """What identifies a store's content cheaply: its encoder and encoder digest (the first part's
-    metadata) and its parts' names and sizes; a re-encoded store gets another signature."""
-    parts = list_parts(embeddings_dir(output, modality))
-    meta = read_metadata(parts[0]) if parts else {}
-    return {"encoder": meta.get("encoder"), "digest": meta.get("digest"),
-            "parts": [[p.name, p.stat().st_size] for p in parts]}
-
-
 def quintuple_rows(path: Path, anchor_keys: np.ndarray, stores_keys: dict[str, np.ndarray]) -> Rows:
     """One row per quintuple whose query is in the anchor store; missing partners stay -1."""
     table = pq.read_table(path)
@@ -143,11 +118,7 @@ def triple_rows(path: str, anchor_keys: np.ndarray, stores_keys: dict[str, np.nd
     """Human-rated triples: good = positive row; partial = dropped or a row weighted ``partial_weight``;
     bad = the explicit hard negative (in the denominator) of the query's good/partial row in that
     modality; a bad rating with no positive row for its query has nothing to push against and is unused."""
-    table = pq.read_table(path)
-    missing = {"query_key", "modality", "target_key", "label"} - set(table.column_names)
-    if missing:
-        raise ManifestError(f"train.triples: {path} lacks column(s) {sorted(missing)}; "
-                            "it needs query_key, modality, target_key, label")
+    table = pq.read_table(path, columns=list(TRIPLE_COLUMNS))
     q, mod = table.column("query_key").to_pylist(), table.column("modality").to_pylist()
     tgt, lab = table.column("target_key").to_pylist(), table.column("label").to_pylist()
     mods = list(stores_keys)
@@ -283,8 +254,6 @@ RAM_FRACTION = 0.5  # memory_gb = 0 otherwise (and for the stream cache): this s
 def memory_budget(memory_gb: float, device: torch.device, host: bool = False) -> int:
     """Bytes the vectors may take: ``memory_gb`` when set; else 60 % of the free memory of a CUDA
     ``device`` (``host=False``), or 50 % of the available RAM (a CPU device, or ``host=True``)."""
-    if memory_gb < 0:
-        raise ManifestError(f"train.memory_gb: must be >= 0 (0 = derive it from free memory), got {memory_gb!r}")
     if memory_gb > 0:
         return int(memory_gb * 2**30)
     if device.type == "cuda" and not host:
@@ -309,47 +278,47 @@ def choose_device(mode: str, nbytes: int, device: torch.device, budget: int) -> 
     return where
 
 
-def load(manifest: Manifest, device: torch.device | str = "cpu") -> CachedData:
-    """Read the stores and pair tables named by the manifest into a :class:`CachedData`."""
-    t, out = manifest.train, manifest.output
-    stored = stored_modalities(out)
-    if t.anchor not in stored:
-        raise ManifestError(f"train.anchor: no embedding store for {t.anchor!r} under {out}; "
-                            "run `bindery precompute` or set train.anchor to a stored modality")
-    mods = projected_modalities(manifest, stored)
-    dev = torch.device(device)
-    sizes = {m: store_nbytes(out, m) for m in [t.anchor, *mods]}
+def load_vectors(train: TrainConfig, layout: OutputLayout, modalities: list[str], device: torch.device
+                 ) -> tuple[dict[str, torch.Tensor | MappedStore], dict[str, np.ndarray], torch.device | None]:
+    """Every store of ``modalities`` as whole tensors (on the device :func:`choose_device` picks) or as
+    :class:`MappedStore` s sharing the host budget in proportion to their size; their keys; where they live
+    (``None`` = streamed)."""
+    sizes = {m: store_nbytes(layout, m) for m in modalities}
     nbytes = sum(sizes.values())
-    where = choose_device(t.in_memory, nbytes, dev, memory_budget(t.memory_gb, dev))
-    if where is None:  # the host budget is shared by the stores in proportion to their size
-        cache = memory_budget(t.memory_gb, dev, host=True)
-        vectors = {m: MappedStore(out, m, cache * size // max(1, nbytes)) for m, size in sizes.items()}
-        keys = {m: v.read_keys() for m, v in vectors.items()}
-    else:
-        stores = {m: read_store(out, m) for m in sizes}
-        # kept in the stored dtype (float16 halves the footprint at EBind's scale); batches are cast to float32
-        vectors = {m: torch.from_numpy(np.array(s.vectors)).to(where) for m, s in stores.items()}
-        keys = {m: s.keys for m, s in stores.items()}
-    proj_keys = {m: keys[m] for m in mods}
+    where = choose_device(train.in_memory, nbytes, device, memory_budget(train.memory_gb, device))
+    if where is None:
+        cache = memory_budget(train.memory_gb, device, host=True)
+        mapped = {m: MappedStore(layout, m, cache * size // max(1, nbytes)) for m, size in sizes.items()}
+        return dict(mapped), {m: v.read_keys() for m, v in mapped.items()}, None
+    stores = {m: read_store(layout.root, m) for m in sizes}
+    # kept in the stored dtype (float16 halves the footprint at EBind's scale); batches are cast to float32
+    vectors = {m: torch.from_numpy(np.array(s.vectors)).to(where) for m, s in stores.items()}
+    return dict(vectors), {m: s.keys for m, s in stores.items()}, where
+
+
+def join_rows(train: TrainConfig, layout: OutputLayout, keys: dict[str, np.ndarray], mods: list[str]) -> list[Rows]:
+    """The row sources ``[train]`` enables (captions, quintuples, rated triples), each joined to the stores' keys."""
+    anchor_keys, proj_keys = keys[train.anchor], {m: keys[m] for m in mods}
     parts = []
-    if t.use_captions:
-        parts.append(caption_rows(keys[t.anchor], proj_keys))
-    if t.use_quintuples and (out / QUINTUPLES).is_file():
-        check_quintuples_query(out / QUINTUPLES, t.anchor)
-        parts.append(quintuple_rows(out / QUINTUPLES, keys[t.anchor], proj_keys))
-    if t.triples:
-        if not Path(t.triples).is_file():
-            raise ManifestError(f"train.triples: {t.triples} not found; give a Parquet file or set it to \"\"")
-        parts.append(triple_rows(t.triples, keys[t.anchor], proj_keys, t.partial, t.partial_weight))
+    if train.use_captions:
+        parts.append(caption_rows(anchor_keys, proj_keys))
+    if train.use_quintuples and layout.pairs.quintuples.is_file():
+        parts.append(quintuple_rows(layout.pairs.quintuples, anchor_keys, proj_keys))
+    if train.triples:
+        parts.append(triple_rows(train.triples, anchor_keys, proj_keys, train.partial, train.partial_weight))
+    return parts
+
+
+def load(train: TrainConfig, layout: OutputLayout, device: torch.device | str = "cpu") -> CachedData:
+    """Read the stores and pair tables ``[train]`` names into a :class:`CachedData` (checked first by
+    :func:`trainer.checks.check_train`; an empty row table is left to :func:`trainer.checks.check_rows`)."""
+    mods = projected_modalities(train, stored_modalities(layout.root))
+    vectors, keys, where = load_vectors(train, layout, [train.anchor, *mods], torch.device(device))
+    parts = join_rows(train, layout, keys, mods)
     rows = Rows.concat(parts, mods) if parts else _rows(np.zeros(0, np.int64), mods)
-    if not len(rows):
-        raise ManifestError("train: no training rows; enable train.use_captions or run `bindery pair` "
-                            "to write pairs/quintuples.parquet")
-    val = split_rows(rows, keys, t.anchor, t.seed, t.val_fraction)
-    if val.all():
-        raise ManifestError(f"train.val_fraction: {t.val_fraction} holds out all {len(rows)} rows, leaving none "
-                            "to train on; lower it (e.g. 0.1)")
+    val = split_rows(rows, keys, train.anchor, train.seed, train.val_fraction)
+    nbytes = sum(int(v.nbytes) for v in vectors.values())
     log.info("train data: %d rows (%d held out) from %d parts, stores %s (%.1f MB)", len(rows), int(val.sum()),
              len(parts), f"on {where}" if where is not None else "streamed from memory-mapped Parquet", nbytes / 1e6)
     where = torch.device("cpu") if where is None else where  # stream: batches are gathered on the host
-    return CachedData(t.anchor, mods, vectors, keys, rows, np.flatnonzero(~val), np.flatnonzero(val), where)
+    return CachedData(train.anchor, mods, vectors, keys, rows, np.flatnonzero(~val), np.flatnonzero(val), where)

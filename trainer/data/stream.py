@@ -48,24 +48,33 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from pipeline.core.store import embeddings_dir, list_parts, read_metadata, table_vectors
+from pipeline.core.layout import OutputLayout
+from pipeline.core.store import list_parts, read_metadata, table_vectors
 
 log = logging.getLogger(__name__)
 
 
-def store_nbytes(output: str | Path, modality: str) -> int:
+def store_nbytes(layout: OutputLayout, modality: str) -> int:
     """Bytes the modality's vectors take in memory (rows x dim x itemsize), from the footers only."""
-    return sum(MappedStore.footer(p)[1] for p in list_parts(embeddings_dir(output, modality)))
+    return sum(MappedStore.footer(p)[1] for p in list_parts(layout.embeddings(modality)))
+
+
+def store_dim(layout: OutputLayout, modality: str) -> int:
+    """The dim of a modality's vectors, from its first part's schema (nothing else is read)."""
+    parts = list_parts(layout.embeddings(modality))
+    if not parts:
+        raise FileNotFoundError(f"no embedding store for {modality!r} under {layout.embeddings(modality)}")
+    return int(pq.read_schema(parts[0]).field("embedding").type.list_size)
 
 
 class MappedStore:
     """One modality's store vectors behind memory-mapped Parquet parts and a bounded row-group cache."""
 
-    def __init__(self, output: str | Path, modality: str, budget: int) -> None:
+    def __init__(self, layout: OutputLayout, modality: str, budget: int) -> None:
         self.modality = modality
-        self.parts = list_parts(embeddings_dir(output, modality))
+        self.parts = list_parts(layout.embeddings(modality))
         if not self.parts:
-            raise FileNotFoundError(f"no embedding store for {modality!r} under {embeddings_dir(output, modality)}; "
+            raise FileNotFoundError(f"no embedding store for {modality!r} under {layout.embeddings(modality)}; "
                                     "run `bindery precompute` first")
         self.budget = int(budget)
         self.files = [pq.ParquetFile(pa.memory_map(str(p))) for p in self.parts]

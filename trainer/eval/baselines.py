@@ -8,7 +8,7 @@
   L2-normalised anchor vector, as in the loss. Every row counts once (a soft ``partial`` weight is
   not applied, rated bad partners are not used). Solved exactly in float64: with ``X1 = [X, 1]``,
   ``[W; b] = (X1^T X1 + lambda diag(1, ..., 1, 0))^-1 X1^T T``. The mapped vectors are L2-normalised
-  and scored by :func:`trainer.eval.evaluate.recall`, the heads' own code, on the same pairs and split.
+  and scored by :func:`trainer.eval.retrieval.recall`, the heads' own code, on the same pairs and split.
   Pairs whose two sides both pass through unmapped (the anchor, ``anchor_passthrough``) would score
   the same as the heads and are left out.
 * **chance**: a query whose truth sits at a uniformly random rank among the gallery's ``N`` items:
@@ -17,9 +17,7 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import itertools
 import logging
 from typing import Any
 
@@ -27,24 +25,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.core.manifest import Manifest, ManifestError, from_dict
+from pipeline.core.layout import OutputLayout
+from pipeline.core.manifest import TrainConfig
 from trainer.data.rows import CachedData, load
-from trainer.eval.evaluate import Space, pair_items, recall
+from trainer.eval.retrieval import ordered_pairs, recall
+from trainer.eval.space import Space, pair_items
 
 log = logging.getLogger(__name__)
 CHUNK = 65536
-
-
-def run_manifest(manifest: Manifest, config: dict[str, Any]) -> Manifest:
-    """``manifest`` with the ``[train]`` section the run was trained with (from its config.json)."""
-    recorded = config.get("manifest", {}).get("train")
-    if not recorded:
-        return manifest
-    try:
-        return dataclasses.replace(manifest, train=from_dict({**manifest.to_dict(), "train": recorded}).train)
-    except ManifestError as exc:
-        log.warning("ridge baseline: the run's recorded [train] section does not load (%s); using the manifest's", exc)
-        return manifest
 
 
 def fit_ridge(x: torch.Tensor, t: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,10 +59,11 @@ def apply_ridge(vectors: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torc
     return torch.cat(out) if out else torch.zeros(0, w.shape[1])
 
 
-def ridge_vectors(manifest: Manifest, lam: float) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray]]:
-    """Fit a ridge map per projected modality with training rows (``manifest`` = the run's) and map
-    that modality's whole store with it; returns ``m -> anchor-space vectors`` and ``m -> store keys``."""
-    data = load(manifest, "cpu")
+def ridge_vectors(train: TrainConfig, layout: OutputLayout, lam: float
+                  ) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray]]:
+    """Fit a ridge map per projected modality with the training rows of ``train`` (the run's section) and
+    map that modality's whole store with it; returns ``m -> anchor-space vectors`` and ``m -> store keys``."""
+    data = load(train, layout, "cpu")
     vecs = {}
     for m in data.modalities:
         x, t = training_pairs(data, m)
@@ -86,13 +75,8 @@ def ridge_vectors(manifest: Manifest, lam: float) -> tuple[dict[str, torch.Tenso
     return vecs, data.keys
 
 
-def ordered_pairs(space: Space) -> list[tuple[str, str]]:
-    """Every ordered pair of the space's modalities, in evaluate's order."""
-    return list(itertools.permutations(space.mods, 2))
-
-
 def chance(space: Space, split: str, ks: tuple[int, ...]) -> dict[str, dict[str, float]]:
-    """R@K of a random ranking, ``min(K, N) / N``, for every pair evaluate scores (``N`` = its gallery)."""
+    """R@K of a random ranking, ``min(K, N) / N``, for every pair evaluation scores (``N`` = its gallery)."""
     out = {}
     for q, t in ordered_pairs(space):
         if (items := pair_items(space, q, t, split)) is not None:
@@ -101,15 +85,16 @@ def chance(space: Space, split: str, ks: tuple[int, ...]) -> dict[str, dict[str,
     return out
 
 
-def baselines(manifest: Manifest, space: Space, split: str, ks: tuple[int, ...], lam: float) -> dict[str, Any]:
+def baselines(train: TrainConfig, layout: OutputLayout, space: Space, split: str, ks: tuple[int, ...],
+              lam: float) -> dict[str, Any]:
     """``{"ridge": {"q->t": {"R@K": ..., "n": ...}}, "ridge_lambda": lam, "chance": {"q->t": {"R@K": ...,
-    "gallery": N}}}`` for the run loaded in ``space`` (its heads' vectors are left as they are)."""
-    vecs, keys = ridge_vectors(run_manifest(manifest, space.config), lam)
+    "gallery": N}}}`` for the run loaded in ``space`` (its heads' vectors are left as they are); ``train``
+    is the run's recorded ``[train]`` section."""
+    vecs, keys = ridge_vectors(train, layout, lam)
     vecs = {m: v for m, v in vecs.items() if m in space.mods}
     for m in vecs:
         if not np.array_equal(keys[m], space.keys[m]):
             raise RuntimeError(f"ridge baseline: {m}'s store changed during evaluation; rerun `bindery eval`")
-    ridge_space = copy.copy(space)
-    ridge_space.vecs = {**space.vecs, **vecs}
+    ridge_space = dataclasses.replace(space, vecs={**space.vecs, **vecs})
     pairs = [(q, t) for q, t in ordered_pairs(space) if q in vecs or t in vecs]
     return {"ridge": recall(ridge_space, split, ks, pairs), "ridge_lambda": lam, "chance": chance(space, split, ks)}

@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.core.heads_file import plain_head
-from pipeline.core.manifest import ManifestError
 from trainer.batch import Batch, Features
 
 
@@ -55,9 +54,8 @@ class Binder(nn.Module):
         super().__init__()
         self.anchor, self.modalities, self.max_scale = anchor, list(modalities), max_scale
         out = out_dim or dims[anchor]
-        if out != dims[anchor]:
-            raise ManifestError(f"train.out_dim: {out} differs from the anchor's dim {dims[anchor]}; "
-                             "heads map into the anchor space, so leave it 0")
+        if out != dims[anchor]:  # trainer.checks.check_train reports this as train.out_dim first
+            raise ValueError(f"out_dim {out} differs from the anchor's dim {dims[anchor]}: heads map into the anchor space")
         self.heads = nn.ModuleDict({m: make_head(dims[m], out, hidden, depth, dropout) for m in modalities})
         self.logit_scale = nn.Parameter(torch.tensor(math.log(init_scale)))
 

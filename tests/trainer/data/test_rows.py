@@ -13,20 +13,21 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from pipeline.core.layout import OutputLayout
 from pipeline.core.manifest import ManifestError
 from pipeline.core.store import META_PREFIX
 from tests.planted import write_planted_stores
-from tests.trainer.conftest import DIMS, make_manifest, write_quintuples
+from tests.trainer.conftest import DIMS, load_checked, make_manifest, write_quintuples
 from trainer import train
 from trainer.batch import Batch
-from trainer.data.rows import is_val, load
+from trainer.data.rows import is_val
 from trainer.data.stream import MappedStore
 from trainer.train import epoch_blocks, make_batch, train_rows
 
 
 def test_captions_join_by_same_key_and_mask_missing(tmp_path):
     vectors = write_planted_stores(tmp_path, n=50, dims=DIMS, drop={"audio": [3, 4], "points": [4, 7]})
-    data = load(make_manifest(tmp_path, use_quintuples=False))
+    data = load_checked(make_manifest(tmp_path, use_quintuples=False))
     assert data.modalities == ["audio", "points"]
     akeys = data.keys["text"][data.rows.anchor]
     assert len(data.rows) == 49 and "s00004" not in set(akeys)  # item 4 has no partner at all
@@ -50,7 +51,7 @@ def test_quintuples_join_partners_and_keep_null_targets(tmp_path):
     # query s00000 pairs with audio s00005 and no points; s00001 with points s00009; unknown query dropped
     write_quintuples(tmp_path, ["s00000", "s00001", "nope"],
                      {"audio": ["s00005", None, "s00001"], "points": [None, "s00009", "s00002"]})
-    data = load(make_manifest(tmp_path, use_captions=False))
+    data = load_checked(make_manifest(tmp_path, use_captions=False))
     assert len(data.rows) == 2
     audio, points = data.batch(torch.arange(2), torch.device("cpu")).modalities.values()
     assert audio.mask.tolist() == [True, False] and points.mask.tolist() == [False, True]
@@ -67,9 +68,9 @@ def test_triples_good_partial_bad(tmp_path):
                              "label": ["good", "bad", "partial", "good"]}), path)
     # val_fraction ~0: every key on the training side (the split's masking is tested below)
     base = {"use_captions": False, "use_quintuples": False, "triples": str(path), "val_fraction": 1e-9}
-    dropped = load(make_manifest(tmp_path, **base))
+    dropped = load_checked(make_manifest(tmp_path, **base))
     assert len(dropped.rows) == 2  # the partial row is dropped
-    soft = load(make_manifest(tmp_path, **base, partial="soft", partial_weight=0.25))
+    soft = load_checked(make_manifest(tmp_path, **base, partial="soft", partial_weight=0.25))
     assert len(soft.rows) == 3
     audio, points = soft.batch(torch.arange(3), torch.device("cpu")).modalities.values()
     assert audio.mask.tolist() == [True, False, True] and points.mask.tolist() == [False, True, False]
@@ -82,15 +83,15 @@ def test_triples_good_partial_bad(tmp_path):
 def test_missing_triples_and_no_rows_are_config_errors(tmp_path):
     write_planted_stores(tmp_path, n=10, dims=DIMS)
     with pytest.raises(ManifestError, match="train.triples"):
-        load(make_manifest(tmp_path, triples=str(tmp_path / "nope.parquet")))
+        load_checked(make_manifest(tmp_path, triples=str(tmp_path / "nope.parquet")))
     with pytest.raises(ManifestError, match="no training rows"):
-        load(make_manifest(tmp_path, use_captions=False))
+        load_checked(make_manifest(tmp_path, use_captions=False))
 
 
 def test_split_holds_out_rows_by_anchor_key(tmp_path):
     write_planted_stores(tmp_path, n=300, dims=DIMS)
-    data = load(make_manifest(tmp_path, val_fraction=0.3, use_quintuples=False))
-    again = load(make_manifest(tmp_path, val_fraction=0.3, use_quintuples=False))
+    data = load_checked(make_manifest(tmp_path, val_fraction=0.3, use_quintuples=False))
+    again = load_checked(make_manifest(tmp_path, val_fraction=0.3, use_quintuples=False))
     assert np.array_equal(data.val_idx, again.val_idx)
     assert 0.2 < len(data.val_idx) / len(data.rows) < 0.4
     assert not set(data.train_idx) & set(data.val_idx)
@@ -110,7 +111,7 @@ def test_no_training_row_references_a_held_out_item_in_any_modality(tmp_path):
                              "target_key": [*keys[3:103], *keys[50:150]], "label": ["good"] * 100 + ["bad"] * 100}),
                    triples)
     frac = 0.3
-    data = load(make_manifest(tmp_path, val_fraction=frac, triples=str(triples)))
+    data = load_checked(make_manifest(tmp_path, val_fraction=frac, triples=str(triples)))
     rows = data.rows
     assert data.has_bad("audio")
     for side, idx in ((False, data.train_idx), (True, data.val_idx)):
@@ -143,17 +144,17 @@ def test_quintuples_of_another_query_modality_are_a_config_error(tmp_path):
 
     tag("audio")
     with pytest.raises(ManifestError, match=r"pair\.query / train\.anchor.*'audio'.*'text'"):
-        load(make_manifest(tmp_path, use_captions=False))
-    assert len(load(make_manifest(tmp_path, use_quintuples=False)).rows) == 20  # quintuples off: not read
+        load_checked(make_manifest(tmp_path, use_captions=False))
+    assert len(load_checked(make_manifest(tmp_path, use_quintuples=False)).rows) == 20  # quintuples off: not read
     tag("text")
-    assert len(load(make_manifest(tmp_path, use_captions=False)).rows) == 2
+    assert len(load_checked(make_manifest(tmp_path, use_captions=False)).rows) == 2
 
 
 def test_val_fraction_holding_out_every_row_is_a_config_error(tmp_path):
     write_planted_stores(tmp_path, n=50, dims=DIMS)
     assert not (~is_val([f"s{i:05d}" for i in range(50)], 0, 0.9999)).any()  # every key held out
     with pytest.raises(ManifestError, match=r"train\.val_fraction"):
-        load(make_manifest(tmp_path, val_fraction=0.9999))
+        load_checked(make_manifest(tmp_path, val_fraction=0.9999))
 
 
 def fields(batch: Batch) -> dict[tuple[str, str], torch.Tensor]:
@@ -179,10 +180,10 @@ def test_stream_gathers_the_same_batches_as_in_memory_within_the_budget(tmp_path
     small_row_groups(tmp_path)
     write_quintuples(tmp_path, ["s00000", "s00001"], {"audio": ["s00005", None], "points": [None, "s00009"]})
     base = {"batch_size": 32, "val_fraction": 0.2}
-    whole = load(make_manifest(tmp_path, in_memory="gpu", **base))
+    whole = load_checked(make_manifest(tmp_path, in_memory="gpu", **base))
     budget_gb = 10_000 / 2**30
-    streamed = load(make_manifest(tmp_path, in_memory="stream", memory_gb=budget_gb, **base))
-    ahead = load(make_manifest(tmp_path, in_memory="stream", memory_gb=4 * budget_gb, **base))  # read-ahead windows
+    streamed = load_checked(make_manifest(tmp_path, in_memory="stream", memory_gb=budget_gb, **base))
+    ahead = load_checked(make_manifest(tmp_path, in_memory="stream", memory_gb=4 * budget_gb, **base))  # read-ahead windows
     steps = ahead.window_steps(32)
     assert streamed.window_steps(32) == 1 and steps == 4 and whole.window_steps(32) == 0
     assert not whole.streaming and streamed.streaming and streamed.device == torch.device("cpu")
@@ -225,7 +226,7 @@ def test_stream_gathers_the_same_batches_as_in_memory_within_the_budget(tmp_path
 
 def test_stream_row_group_over_the_budget_is_used_but_not_cached(tmp_path, caplog):
     vectors = write_planted_stores(tmp_path, n=40, dims=DIMS)  # 2 parts of 20 rows: 2,560 B per text group
-    store = MappedStore(tmp_path, "text", budget=1000)
+    store = MappedStore(OutputLayout(tmp_path), "text", budget=1000)
     with caplog.at_level(logging.WARNING, logger="trainer.data.stream"):
         got = store[torch.tensor([39, 0, 21, 0])]
     assert np.array_equal(got.numpy(), vectors["text"][[39, 0, 21, 0]].astype(np.float32))
@@ -235,14 +236,14 @@ def test_stream_row_group_over_the_budget_is_used_but_not_cached(tmp_path, caplo
 def test_auto_streams_when_the_stores_exceed_the_budget(tmp_path, caplog):
     write_planted_stores(tmp_path, n=50, dims=DIMS)
     with caplog.at_level(logging.INFO, logger="trainer.data.rows"):
-        tiny = load(make_manifest(tmp_path, in_memory="auto", memory_gb=1e-6))
+        tiny = load_checked(make_manifest(tmp_path, in_memory="auto", memory_gb=1e-6))
     assert tiny.streaming and "stream from memory-mapped Parquet" in caplog.text
-    roomy = load(make_manifest(tmp_path, in_memory="auto", memory_gb=1.0))
+    roomy = load_checked(make_manifest(tmp_path, in_memory="auto", memory_gb=1.0))
     assert not roomy.streaming and all(isinstance(v, torch.Tensor) for v in roomy.vectors.values())
-    assert not load(make_manifest(tmp_path, in_memory="auto")).streaming  # 50 small rows fit half the free RAM
-    assert load(make_manifest(tmp_path, in_memory="gpu", memory_gb=1e-6)).vectors["text"].shape == (50, 32)
+    assert not load_checked(make_manifest(tmp_path, in_memory="auto")).streaming  # 50 small rows fit half the free RAM
+    assert load_checked(make_manifest(tmp_path, in_memory="gpu", memory_gb=1e-6)).vectors["text"].shape == (50, 32)
     with pytest.raises(ManifestError, match="train.memory_gb"):
-        load(make_manifest(tmp_path, memory_gb=-1.0))
+        load_checked(make_manifest(tmp_path, memory_gb=-1.0))
 
 
 def test_stream_training_equals_in_memory_training(tmp_path, caplog):
@@ -252,7 +253,7 @@ def test_stream_training_equals_in_memory_training(tmp_path, caplog):
     opts = {"epochs": 2, "batch_size": 32, "dropout": 0.1}
     train.run(make_manifest(tmp_path, run="whole", in_memory="gpu", **opts))
     streamed = make_manifest(tmp_path, run="streamed", in_memory="stream", memory_gb=3e-5, **opts)  # 32 of 69 KB
-    assert load(streamed).window_steps(32) == 3  # the loop reads 3 steps ahead (7 steps an epoch)
+    assert load_checked(streamed).window_steps(32) == 3  # the loop reads 3 steps ahead (7 steps an epoch)
     with caplog.at_level(logging.INFO, logger="trainer.data.rows"):
         train.run(streamed)
     assert "streamed from memory-mapped Parquet" in caplog.text

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
@@ -28,4 +30,13 @@ def test_default_heads_load_into_plain_sequential(tmp_path):
     assert config["anchor"] == "text" and config["note"] == "test"
     assert config["heads"]["audio"]["layers"] == [[1024, 2048], [2048, 1024]]
     assert torch.allclose(project(heads["points"], x), binder.project("points", x), atol=1e-5)
-    assert json.loads((tmp_path / "config.json").read_text())["logit_scale"] > 14
+    assert json.loads((tmp_path / "config.json").read_text())["logit_scale"] == pytest.approx(1 / 0.07, rel=1e-6)
+
+
+@pytest.mark.parametrize("logit_scale, recorded", [(math.log(20.0), 20.0), (math.log(250.0), 100.0)])
+def test_config_records_the_clamped_logit_scale(tmp_path, logit_scale, recorded):
+    binder = Binder({"text": 8, "audio": 4}, "text", ["audio"], hidden=8)
+    with torch.no_grad():
+        binder.logit_scale.fill_(logit_scale)
+    export(tmp_path, binder, {})
+    assert json.loads((tmp_path / "config.json").read_text())["logit_scale"] == pytest.approx(recorded, rel=1e-6)

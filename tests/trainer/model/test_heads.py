@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.core.manifest import ManifestError
 from trainer.batch import Batch, ModalityBatch
 from trainer.model.heads import Binder, make_head, to_plain
 
@@ -40,8 +39,9 @@ def test_binder_projects_normalises_and_passes_anchor_through():
     assert binder.scale().item() == 100.0  # clamped
 
 
-def test_out_dim_other_than_the_anchor_dim_is_a_manifest_error():
-    with pytest.raises(ManifestError, match=r"train\.out_dim: 5 differs from the anchor's dim 6"):
+def test_out_dim_other_than_the_anchor_dim_is_refused():
+    """`bindery train` reports it as train.out_dim first (tests/trainer/test_checks.py)."""
+    with pytest.raises(ValueError, match=r"out_dim 5 differs from the anchor's dim 6"):
         Binder({"text": 6, "audio": 4}, "text", ["audio"], hidden=8, out_dim=5)
     assert Binder({"text": 6, "audio": 4}, "text", ["audio"], hidden=8, out_dim=6).heads["audio"][-1].out_features == 6
 
