@@ -304,6 +304,37 @@ def _allowed(cls: type) -> str:
     return ", ".join(f.name for f in dataclasses.fields(cls))
 
 
+def _coerce_bool(key: str, value: Any) -> bool:
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    if not isinstance(value, bool):
+        raise ManifestError(f"{key}: expected true or false, got {value!r}")
+    return value
+
+
+def _coerce_number(key: str, value: Any, hint: type) -> int | float:
+    # an int is a valid float, never the reverse; booleans are neither
+    accepted, what = (int, "an integer") if hint is int else (int | float, "a number")
+    if isinstance(value, str):
+        try:
+            value = hint(value)
+        except ValueError:
+            raise ManifestError(f"{key}: expected {what}, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, accepted):
+        raise ManifestError(f"{key}: expected {what}, got {value!r}")
+    if not math.isfinite(value):
+        raise ManifestError(f"{key}: expected a finite number, got {value!r}; NaN and inf are never valid")
+    return hint(value)
+
+
+def _coerce_str(key: str, value: Any, choices: tuple[str, ...] | None) -> str:
+    if not isinstance(value, str):
+        raise ManifestError(f"{key}: expected a string, got {value!r}")
+    if choices and value not in choices:
+        raise ManifestError(f"{key}: {value!r} is not allowed; use one of {', '.join(choices)}")
+    return value
+
+
 def _coerce(key: str, value: Any, hint: Any, choices: tuple[str, ...] | None) -> Any:
     """Check ``value`` against a field's type hint; return it in the field's type."""
     origin = typing.get_origin(hint)
@@ -317,30 +348,11 @@ def _coerce(key: str, value: Any, hint: Any, choices: tuple[str, ...] | None) ->
     if origin in (typing.Union, types.UnionType):
         raise ManifestError(f"{key}: internal error, unions are not supported")  # pragma: no cover
     if hint is bool:
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        if not isinstance(value, bool):
-            raise ManifestError(f"{key}: expected true or false, got {value!r}")
-        return value
+        return _coerce_bool(key, value)
     if hint in (int, float):
-        # an int is a valid float, never the reverse; booleans are neither
-        accepted, what = (int, "an integer") if hint is int else (int | float, "a number")
-        if isinstance(value, str):
-            try:
-                value = hint(value)
-            except ValueError:
-                raise ManifestError(f"{key}: expected {what}, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, accepted):
-            raise ManifestError(f"{key}: expected {what}, got {value!r}")
-        if not math.isfinite(value):
-            raise ManifestError(f"{key}: expected a finite number, got {value!r}; NaN and inf are never valid")
-        return hint(value)
+        return _coerce_number(key, value, hint)
     if hint is str:
-        if not isinstance(value, str):
-            raise ManifestError(f"{key}: expected a string, got {value!r}")
-        if choices and value not in choices:
-            raise ManifestError(f"{key}: {value!r} is not allowed; use one of {', '.join(choices)}")
-        return value
+        return _coerce_str(key, value, choices)
     raise ManifestError(f"{key}: unsupported type {hint}")  # pragma: no cover
 
 
