@@ -100,3 +100,12 @@ def test_url_shards_are_rejected_with_the_pipe_form(tmp_path, url):
         load(write(tmp_path, BASE.replace('"shards/s-{000..003}.tar"', f'"{url}"')))
     assert str(exc.value).startswith("dataset.shards") and "pipe:curl -s URL" in str(exc.value)
     assert "pipe:aws s3 cp URL -" in str(exc.value)
+
+
+@pytest.mark.parametrize("override", ["modalities.audio.max_seconds=nan", "modalities.audio.seconds=inf",
+                                      "pair.min_score=-inf", "train.lr=nan"])
+def test_nan_and_inf_are_refused_naming_the_key(tmp_path, override):
+    text = BASE + "\n[modalities.audio]\nencoder = \"aisfx\"\n" if "[modalities.audio]" not in BASE else BASE
+    key = override.split("=")[0]
+    with pytest.raises(ManifestError, match=rf"^{key.replace('.', '[.]')}: expected a finite number"):
+        load(write(tmp_path, text), [override])
