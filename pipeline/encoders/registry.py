@@ -2,10 +2,16 @@
 
 Specs a manifest may give as ``[modalities.<m>] encoder``:
 
-* a registered name (``mobilenet-v2``, ``minilm-l6``, ``aisfx``, ...);
+* a registered name: a built-in (``mobilenet-v2``, ``minilm-l6``, ``aisfx``, ...) or one a
+  third-party package registers in the ``bindery.encoders`` entry-point group, e.g. in its
+  ``pyproject.toml``: ``[project.entry-points."bindery.encoders"] uni3d = "uni3d_bindery:build"``;
 * ``hf:<hub-id-or-local-path>`` for a transformers model;
 * ``module:function``, a plugin: ``function(modality, config) -> Encoder``, so Uni3D or
-  ImageBind's audio tower plug in without a fork.
+  ImageBind's audio tower plug in without a fork. A manifest that names one makes bindery
+  import and run that code (``os:system`` would be called too), so it is refused unless the
+  manifest says ``[precompute] trust_code = true``, in the spirit of Hugging Face's
+  ``trust_remote_code``. An installed package's entry point needs no such consent: installing
+  the package was the consent.
 
 A factory is called as ``factory(modality, config)`` and returns an :class:`Encoder`.
 Video and points fall back to an image encoder: video as frame-pooled image features,
@@ -16,11 +22,14 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from pipeline.encoders.base import Encoder, EncoderError
 
 Factory = Callable[[str, Any], Encoder]
+
+ENTRY_POINT_GROUP = "bindery.encoders"
 
 # name -> "module:function", imported only when asked for (heavy imports stay lazy)
 _REGISTRY: dict[str, str | Factory] = {}
@@ -31,8 +40,14 @@ def register(name: str, target: str | Factory) -> None:
     _REGISTRY[name] = target
 
 
+def _entry_points() -> dict[str, EntryPoint]:
+    """Encoders installed packages register in the ``bindery.encoders`` entry-point group."""
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
 def registered() -> list[str]:
-    return sorted(_REGISTRY)
+    """Every registered name: the built-ins and those of installed packages' entry points."""
+    return sorted({*_REGISTRY, *_entry_points()})
 
 
 def _resolve(target: str | Factory, what: str) -> Factory:
@@ -51,24 +66,46 @@ def _resolve(target: str | Factory, what: str) -> Factory:
         raise EncoderError(f"{what}: {module_name!r} has no attribute {attr!r}") from None
 
 
-def factory_for(spec: str) -> Factory:
-    """The factory a spec names (see the module docstring for the forms)."""
+def _load_entry_point(ep: EntryPoint, what: str) -> Factory:
+    try:
+        return ep.load()
+    except Exception as exc:
+        dist = getattr(ep.dist, "name", "its package")
+        raise EncoderError(f"{what}: the {ENTRY_POINT_GROUP} entry point {ep.name!r} ({ep.value}) of {dist} "
+                           f"does not load: {type(exc).__name__}: {exc}") from None
+
+
+def factory_for(spec: str, trust_code: bool = False, modality: str | None = None) -> Factory:
+    """The factory a spec names (see the module docstring for the forms). A bare ``module:function``
+    is an EncoderError unless ``trust_code``."""
+    key = f"modalities.{modality}.encoder" if modality else "encoder"
+    what = f"{key} {spec!r}"
     if spec in _REGISTRY:
-        return _resolve(_REGISTRY[spec], f"encoder {spec!r}")
+        return _resolve(_REGISTRY[spec], what)
+    installed = _entry_points()
+    if spec in installed:
+        return _load_entry_point(installed[spec], what)
     if spec.startswith("hf:"):
-        return _resolve("pipeline.encoders.hf:build", f"encoder {spec!r}")
+        return _resolve("pipeline.encoders.hf:build", what)
     if ":" in spec:
-        return _resolve(spec, f"encoder {spec!r}")
+        if not trust_code:
+            raise EncoderError(
+                f"{key}: {spec!r} names Python code that bindery would import and run; it is refused "
+                "unless precompute.trust_code = true (set it in [precompute] only for code you trust), "
+                f"or install the encoder as a package registering it in the {ENTRY_POINT_GROUP!r} "
+                "entry-point group and give its registered name")
+        return _resolve(spec, what)
     raise EncoderError(
-        f"encoder {spec!r} is not registered; use one of {', '.join(registered())}, "
-        "'hf:<repo-or-local-path>', or a plugin 'module:function'")
+        f"{key}: {spec!r} is not registered; use one of {', '.join(registered())}, "
+        "'hf:<repo-or-local-path>', or a plugin 'module:function' with precompute.trust_code = true")
 
 
-def build_encoder(modality: str, config: Any) -> Encoder:
-    """Build the frozen encoder for ``modality`` from its manifest section ``config``."""
+def build_encoder(modality: str, config: Any, trust_code: bool = False) -> Encoder:
+    """Build the frozen encoder for ``modality`` from its manifest section ``config``; ``trust_code``
+    is ``[precompute] trust_code`` (consent to import a bare ``module:function``)."""
     from pipeline.encoders.wrappers import adapt  # keeps the registry import-light
 
-    encoder = adapt(modality, config, factory_for(config.encoder))
+    encoder = adapt(modality, config, factory_for(config.encoder, trust_code, modality))
     # a configured audio rate must be the encoder's own (0 = the encoder's): one check for every kind
     rate, own = getattr(config, "sample_rate", 0), encoder.sample_rate
     if rate and own and rate != own:

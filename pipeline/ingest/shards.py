@@ -5,6 +5,12 @@ first dot of its basename (``dir/abc.jpg`` and ``dir/abc.txt`` are sample ``dir/
 WebDataset does. A fault while reading (a truncated tar, a failing ``pipe:`` command) does not
 lose the samples read before it: :func:`iter_samples` yields them, then yields one
 :class:`ShardFault` that names the fault and the key of the sample that was being assembled.
+
+A ``pipe:`` URL runs its command through the shell (the WebDataset convention): a manifest
+that names one runs that command. Reading is bounded in memory whatever the tar says
+(:mod:`pipeline.ingest.tarstream`): a member larger than the member limit is never read (it
+stands in the sample as a :class:`SkippedMember`, which its decoder turns into a status row),
+and a key that comes back after other keys in the same shard is marked as a duplicate.
 """
 
 from __future__ import annotations
@@ -12,18 +18,20 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from braceexpand import braceexpand
 
-from pipeline.core.manifest import ManifestError
+from pipeline.core.manifest import ManifestError, PrecomputeConfig
+from pipeline.ingest.tarstream import MemberTooLarge, TarStream
 
 log = logging.getLogger(__name__)
 
 METADATA_EXT = "json"
+DUPLICATE = "__duplicate_of__"  # sample entry: the shard where a repeated key was first seen
+DEFAULT_MAX_MEMBER_BYTES = int(PrecomputeConfig.max_member_mb * 2**20)
 
 
 @dataclass(frozen=True)
@@ -40,7 +48,18 @@ class ShardFault:
     partial_key: str | None
 
 
-TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+@dataclass(frozen=True)
+class SkippedMember:
+    """A member that was not read (over the member limit, or no memory to hold it): the reason."""
+
+    name: str
+    reason: str
+
+    def __str__(self) -> str:
+        return ""  # what a caller that expects the member's text (the json metadata) sees
+
+
+TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar")
 
 
 def _shard_id(url: str) -> str:
@@ -97,23 +116,6 @@ def _open(url: str):
     return stream, close_file
 
 
-class _TailReader:
-    """A read-through stream that remembers its last 512 bytes: a complete tar ends in zero blocks.
-
-    tarfile ends quietly when a tar is cut exactly at a member boundary; the missing
-    end-of-archive blocks are how such a cut is still seen.
-    """
-
-    def __init__(self, stream):
-        self.stream, self.tail = stream, b""
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.stream.read(n)
-        if data:
-            self.tail = (self.tail + data)[-512:]
-        return data
-
-
 def safe_name(name: str) -> str:
     """A member name as valid UTF-8 text: bytes that are not UTF-8 (kept by tarfile as surrogate
     escapes) become ``\\xNN``, so such a key can be stored instead of crashing the writer."""
@@ -121,18 +123,43 @@ def safe_name(name: str) -> str:
 
 
 def split_member(name: str) -> tuple[str, str] | None:
-    """(key, extension) of a tar member, or None for members outside any sample."""
+    """(key, extension) of a tar member, or None for members outside any sample (no extension,
+    a hidden file, or an extension like ``__key__`` that would overwrite the sample's own fields)."""
     dirname, base = os.path.split(safe_name(name))
     if "." not in base or base.startswith("."):
         return None
     stem, ext = base.split(".", 1)
+    if ext.startswith("__"):
+        return None
     key = f"{dirname}/{stem}" if dirname else stem
     return key, ext.lower()
 
 
-def iter_samples(url: str) -> Iterator[dict[str, bytes | str] | ShardFault]:
+class _Samples:
+    """Groups a shard's members into samples; remembers every key, so a key that comes back
+    after another key (``a.txt, b.txt, a.jpg``) is marked with :data:`DUPLICATE`."""
+
+    def __init__(self, shard_id: str):
+        self.shard_id, self.current, self.seen = shard_id, None, set()
+
+    def add(self, key: str, ext: str, data: bytes | SkippedMember) -> dict | None:
+        """Add a member; return the previous sample when this member starts a new one."""
+        done = None
+        if self.current is not None and self.current["__key__"] != key:
+            done, self.current = self.current, None
+        if self.current is None:
+            self.current = {"__key__": key}
+            if key in self.seen:
+                self.current[DUPLICATE] = self.shard_id
+            self.seen.add(key)
+        self.current[ext] = data
+        return done
+
+
+def iter_samples(url: str, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES
+                 ) -> Iterator[dict[str, bytes | str | SkippedMember] | ShardFault]:
     """Samples ``{"__key__": key, ext: bytes, ...}`` of one shard, then a ShardFault if reading failed."""
-    current: dict[str, bytes | str] | None = None
+    samples = _Samples(_shard_id(url))
     try:
         stream, close = _open(url)
     except OSError as exc:
@@ -140,31 +167,25 @@ def iter_samples(url: str) -> Iterator[dict[str, bytes | str] | ShardFault]:
         return
     fault: str | None = None
     try:
-        reader = _TailReader(stream)
-        with tarfile.open(fileobj=reader, mode="r|*", encoding="utf-8", errors="surrogateescape") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                parts = split_member(member.name)
-                if parts is None:
-                    continue
-                key, ext = parts
-                if current is not None and current["__key__"] != key:
-                    yield current
-                    current = None
-                if current is None:
-                    current = {"__key__": key}
-                data = tar.extractfile(member).read()
-                if len(data) != member.size:
-                    raise tarfile.ReadError(f"member {member.name!r} truncated: {len(data)} of {member.size} bytes")
-                current[ext] = data
-        if getattr(tar.fileobj, "comptype", "tar") == "tar" and reader.tail.strip(b"\0"):
-            raise tarfile.ReadError("tar ends without its end-of-archive blocks (cut at a member boundary)")
-    except (tarfile.TarError, OSError, EOFError) as exc:
+        tar = TarStream(stream)
+        for member in tar.members():
+            parts = split_member(member.name)
+            if parts is None:
+                continue
+            try:
+                data: bytes | SkippedMember = tar.read(member, max_member_bytes)
+            except MemberTooLarge as exc:
+                data = SkippedMember(member.name, str(exc))
+            done = samples.add(*parts, data)
+            if done is not None:
+                yield done
+        tar.check_end()
+    except Exception as exc:  # noqa: BLE001 - any failure of a hostile tar is a fault, never a crash
         fault = f"{type(exc).__name__}: {exc}"
     finally:
         closed = close()
     fault = fault or closed
+    current = samples.current
     if fault is None:
         if current is not None:
             yield current
@@ -172,4 +193,3 @@ def iter_samples(url: str) -> Iterator[dict[str, bytes | str] | ShardFault]:
     partial = str(current["__key__"]) if current is not None else None
     log.warning("shard %s: read fault after the last complete sample (%s)", url, fault)
     yield ShardFault(fault, partial)
-

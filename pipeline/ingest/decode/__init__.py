@@ -5,8 +5,10 @@ One table, :data:`DECODERS`, maps each modality to a decoder with one signature,
 beyond the bytes (the sample key for a deterministic sub-sample, the encoder's sample rate).
 A decoder raises :class:`DecodeError` carrying the status (``corrupt`` for undecodable data,
 ``error`` for anything else, limits included); :func:`decode_member` finds the member by
-extension and turns an absent one into ``missing``. The item types are in
-:mod:`pipeline.encoders.base`.
+extension and turns an absent one into ``missing``, a member the shard reader did not read
+(over the member limit) into ``error``, a key repeated within its shard into ``duplicate``, and
+a MemoryError while decoding into ``error``: one sample's status row, never the end of the job.
+The item types are in :mod:`pipeline.encoders.base`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pipeline.ingest.decode.image import decode_image
 from pipeline.ingest.decode.points import decode_points
 from pipeline.ingest.decode.text import decode_text
 from pipeline.ingest.decode.video import decode_video
+from pipeline.ingest.shards import DUPLICATE, SkippedMember
 
 __all__ = ["DECODERS", "EXTENSIONS", "DecodeContext", "DecodeError", "decode_audio", "decode_image", "decode_member",
            "decode_points", "decode_text", "decode_video", "find_member", "resample"]
@@ -59,10 +62,19 @@ def find_member(sample: dict[str, Any], modality: str) -> tuple[str, bytes] | No
 
 def decode_member(sample: dict[str, Any], modality: str, cfg: Any, sample_rate: int | None = None):
     """The decoded item of ``modality`` in ``sample``; DecodeError (status, message) when there is none."""
+    if modality not in DECODERS:
+        raise ValueError(f"unknown modality {modality!r}")
+    key = str(sample["__key__"])
+    if DUPLICATE in sample:
+        raise DecodeError("duplicate", f"duplicate key {key!r}: first seen in shard {sample[DUPLICATE]}")
     found = find_member(sample, modality)
     if found is None:
         raise DecodeError("missing", f"{modality}: no {'/'.join(EXTENSIONS[modality])} member")
     ext, data = found
-    if modality not in DECODERS:
-        raise ValueError(f"unknown modality {modality!r}")
-    return DECODERS[modality](data, ext, cfg, DecodeContext(str(sample["__key__"]), sample_rate or 16_000))
+    if isinstance(data, SkippedMember):
+        raise DecodeError("error", f"{modality}: {data.reason}")
+    try:
+        return DECODERS[modality](data, ext, cfg, DecodeContext(key, sample_rate or 16_000))
+    except MemoryError:
+        raise DecodeError("error", f"{modality}: out of memory while decoding the {ext} member "
+                                   f"({len(data)} bytes); lower this modality's limits") from None

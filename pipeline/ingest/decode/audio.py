@@ -1,42 +1,156 @@
-"""Audio: soundfile or PyAV to mono float32 at the encoder's rate, centre-cropped to ``seconds``."""
+"""Audio: mono float32 at the encoder's rate, centre-cropped to ``seconds``; only that window is decoded.
+
+Bounded before it allocates: the length (frames at the source rate) is known before any
+sample is kept, from the soundfile header or, for what soundfile cannot read or a header that
+does not say (streamed FLAC records 0 samples), from a pass over the packets that decodes
+nothing. The centre window of ``seconds`` (plus the resampling filter's margin) is then the
+only part decoded and kept, block by block, each block down-mixed to mono at once; its size in
+``frames x channels`` at the source rate must fit :data:`MAX_WINDOW_SAMPLES`. So neither a 1 Hz
+WAV nor a 30-minute 8-channel FLAC is ever decoded, resampled or held whole.
+"""
 
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from pipeline.ingest.decode.base import DecodeError
 
+MAX_WINDOW_SAMPLES = 1 << 25  # frames x channels decoded for one clip at the source rate (128 MB as float32)
+BLOCK_FRAMES = 1 << 16  # frames per soundfile read
+FILTER_TAPS = 32  # half-width of the low-pass kernel, in source samples
+UNKNOWN_FRAMES = 1 << 62  # libsndfile reports SF_COUNT_MAX frames when a header does not say
 
-def _read_audio(data: bytes, max_seconds: float) -> tuple[np.ndarray, int]:
-    """(samples, channels) float32 and the rate; soundfile first, PyAV for what it cannot read.
-    PyAV decoding stops with an ``error`` status once past ``max_seconds`` (its header may not say)."""
+
+@dataclass(frozen=True)
+class Window:
+    """Source frames ``[start, stop)`` to decode, of which ``[keep, keep + frames)`` is the clip."""
+
+    start: int
+    stop: int
+    keep: int
+    frames: int
+    cropped: bool
+
+
+def plan_window(total: int, rate: int, channels: int, cfg: Any, target: int) -> Window:
+    """The centre ``cfg.seconds`` of ``total`` frames, with the margin the resampler reads around it."""
+    if rate <= 0 or channels <= 0:
+        raise DecodeError("corrupt", f"audio: header gives {rate} Hz and {channels} channels")
+    if total / rate > cfg.max_seconds:
+        raise DecodeError("error", f"audio: {total / rate:.1f} s exceeds max_seconds={cfg.max_seconds}")
+    want = max(1, round(cfg.seconds * rate))
+    margin = FILTER_TAPS + 1 if target < rate else 2
+    if total > want:
+        centre = (total - want) // 2
+        start, stop = max(0, centre - margin), min(total, centre + want + margin)
+        window = Window(start, stop, centre - start, want, True)
+    else:
+        window = Window(0, total, 0, total, False)
+    size = (window.stop - window.start) * channels
+    if size > MAX_WINDOW_SAMPLES:
+        raise DecodeError("error", f"audio: the kept window is {window.stop - window.start} frames x {channels} "
+                                   f"channels at {rate} Hz = {size} samples, over the decoder's budget of "
+                                   f"{MAX_WINDOW_SAMPLES}; lower modalities.audio.seconds")
+    return window
+
+
+def _keep(blocks: Iterator[np.ndarray], first: int, start: int, stop: int) -> np.ndarray:
+    """The samples ``[start, stop)`` of consecutive mono blocks, the first block starting at ``first``."""
+    out, pos = [], first
+    for mono in blocks:
+        lo, hi = max(start, pos), min(stop, pos + len(mono))
+        if lo < hi:
+            out.append(mono[lo - pos:hi - pos])
+        pos += len(mono)
+        if pos >= stop:
+            break
+    return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
+
+
+def _soundfile(data: bytes):
+    """An open soundfile with a known length, or None (not a soundfile format, or no length)."""
     import soundfile as sf
 
     try:
-        wav, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-        return wav, rate
+        f = sf.SoundFile(io.BytesIO(data))
     except Exception:
-        pass
+        return None
+    if not 0 < f.frames < UNKNOWN_FRAMES:
+        f.close()
+        return None
+    return f
+
+
+def _soundfile_window(f, cfg: Any, target: int) -> tuple[np.ndarray, Window, int]:
+    window = plan_window(f.frames, f.samplerate, f.channels, cfg, target)
+    f.seek(window.start)
+    blocks = (b.mean(axis=1, dtype=np.float64) for b in
+              f.blocks(blocksize=BLOCK_FRAMES, frames=window.stop - window.start, dtype="float32", always_2d=True))
+    return _keep(blocks, window.start, window.start, window.stop), window, f.samplerate
+
+
+def _pyav_length(data: bytes, max_seconds: float) -> tuple[int, int, int]:
+    """(rate, channels, frames) from the packets' durations, decoding only when a packet has none;
+    an ``error`` status as soon as the count passes ``max_seconds``."""
     import av
 
     with av.open(io.BytesIO(data)) as container:
         stream = container.streams.audio[0]
-        rate = stream.rate
-        chunks, samples = [], 0
+        ctx = stream.codec_context
+        rate, channels = ctx.sample_rate, ctx.layout.nb_channels
+        total, exact = 0, True
+        for packet in container.demux(stream):
+            if packet.size and not packet.duration:
+                exact = False
+                break
+            total += round(float((packet.duration or 0) * stream.time_base) * rate)
+            if rate and total > max_seconds * rate:
+                raise DecodeError("error", f"audio: longer than max_seconds={max_seconds} ({total / rate:.1f} s "
+                                           "counted before decoding)")
+    if exact:
+        return rate, channels, total
+    total = 0
+    for mono in _pyav_blocks(data):
+        total += len(mono)
+        if rate and total > max_seconds * rate:
+            raise DecodeError("error", f"audio: longer than max_seconds={max_seconds} ({total / rate:.1f} s decoded)")
+    return rate, channels, total
+
+
+def _pyav_blocks(data: bytes) -> Iterator[np.ndarray]:
+    """Mono float64 blocks, one per decoded frame, converted to float planar by libswresample."""
+    import av
+
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.audio[0]
+        planar = av.AudioResampler(format="fltp")
         for frame in container.decode(stream):
-            samples += frame.samples
-            if samples > max_seconds * rate:
-                raise DecodeError("error", f"audio: longer than max_seconds={max_seconds} "
-                                           f"({samples / rate:.1f} s decoded)")
-            chunks.append(frame.to_ndarray().astype(np.float32))
-    if not chunks:
-        raise ValueError("no audio frames")
-    planar = [c if c.ndim == 2 else c[None] for c in chunks]
-    wav = np.concatenate(planar, axis=1)  # (channels, samples) for planar formats
-    return wav.T, rate
+            for f in planar.resample(frame):
+                yield f.to_ndarray().mean(axis=0, dtype=np.float64)
+
+
+def _pyav_window(data: bytes, cfg: Any, target: int) -> tuple[np.ndarray, Window, int]:
+    rate, channels, total = _pyav_length(data, cfg.max_seconds)
+    window = plan_window(total, rate, channels, cfg, target)
+    return _keep(_pyav_blocks(data), 0, window.start, window.stop), window, rate
+
+
+def _read_window(data: bytes, cfg: Any, target: int) -> tuple[np.ndarray, Window, int]:
+    f = _soundfile(data)
+    try:
+        return _soundfile_window(f, cfg, target) if f is not None else _pyav_window(data, cfg, target)
+    except DecodeError:
+        raise
+    except Exception as exc:
+        raise DecodeError("corrupt", f"audio: cannot decode: {type(exc).__name__}: {exc}") from None
+    finally:
+        if f is not None:
+            f.close()
 
 
 def resample(wav: np.ndarray, rate: int, target: int) -> np.ndarray:
@@ -50,43 +164,35 @@ def resample(wav: np.ndarray, rate: int, target: int) -> np.ndarray:
     x = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))
     if target < rate:  # low-pass at the new Nyquist before interpolating
         cutoff = target / rate
-        taps = 32
-        t = torch.arange(-taps, taps + 1, dtype=torch.float32)
-        kernel = cutoff * torch.sinc(cutoff * t) * torch.hann_window(2 * taps + 1, periodic=False)
-        x = F.conv1d(x[None, None], (kernel / kernel.sum())[None, None], padding=taps)[0, 0]
+        t = torch.arange(-FILTER_TAPS, FILTER_TAPS + 1, dtype=torch.float32)
+        kernel = cutoff * torch.sinc(cutoff * t) * torch.hann_window(2 * FILTER_TAPS + 1, periodic=False)
+        x = F.conv1d(x[None, None], (kernel / kernel.sum())[None, None], padding=FILTER_TAPS)[0, 0]
     y = F.interpolate(x[None, None], size=n_out, mode="linear", align_corners=False)[0, 0]
     return y.numpy()
 
 
-def decode_audio(data: bytes, ext: str, cfg: Any, sample_rate: int) -> np.ndarray:
-    """Mono float32 at ``sample_rate``, centre-cropped or zero-padded to ``cfg.seconds``."""
-    try:
-        import soundfile as sf
-
-        info = sf.info(io.BytesIO(data))  # header only: an over-long recording is never decoded
-        if info.duration > cfg.max_seconds:
-            raise DecodeError("error", f"audio: {info.duration:.1f} s exceeds max_seconds={cfg.max_seconds}")
-    except DecodeError:
-        raise
-    except Exception:
-        pass  # not a soundfile format (mp3/m4a on old libsndfile, ...): PyAV decodes it below
-    try:
-        wav, rate = _read_audio(data, cfg.max_seconds)
-    except DecodeError:
-        raise
-    except Exception as exc:
-        raise DecodeError("corrupt", f"audio: cannot decode: {exc}") from None
-    if wav.size == 0:
-        raise DecodeError("corrupt", "audio: no samples")
-    if len(wav) / rate > cfg.max_seconds:
-        raise DecodeError("error", f"audio: {len(wav) / rate:.1f} s exceeds max_seconds={cfg.max_seconds}")
-    mono = wav.mean(axis=1)
-    mono = resample(mono, rate, sample_rate)
-    n = int(round(cfg.seconds * sample_rate))
+def _fit(mono: np.ndarray, n: int) -> np.ndarray:
+    """Centre-crop or zero-pad to ``n`` samples."""
     if len(mono) > n:
         start = (len(mono) - n) // 2
-        mono = mono[start:start + n]
-    elif len(mono) < n:
-        pad = n - len(mono)
-        mono = np.pad(mono, (pad // 2, pad - pad // 2))
-    return np.ascontiguousarray(mono, dtype=np.float32)
+        return mono[start:start + n]
+    pad = n - len(mono)
+    return np.pad(mono, (pad // 2, pad - pad // 2))
+
+
+def decode_audio(data: bytes, ext: str, cfg: Any, sample_rate: int) -> np.ndarray:
+    """Mono float32 at ``sample_rate``, centre-cropped or zero-padded to ``cfg.seconds``."""
+    mono, window, rate = _read_window(data, cfg, sample_rate)
+    if mono.size == 0:
+        raise DecodeError("corrupt", "audio: no samples")
+    if not np.isfinite(mono).all():
+        raise DecodeError("corrupt", "audio: non-finite samples")
+    out = resample(mono, rate, sample_rate)
+    n = int(round(cfg.seconds * sample_rate))
+    if window.cropped:  # the clip starts `keep` source frames into the decoded window
+        skip = int(round(window.keep * sample_rate / rate))
+        out = out[skip:skip + n]
+    out = _fit(out, n)
+    if not np.isfinite(out).all():
+        raise DecodeError("error", "audio: non-finite samples after resampling")
+    return np.ascontiguousarray(out, dtype=np.float32)

@@ -1,24 +1,77 @@
-"""Images: Pillow, the pixel limit checked from the header before decoding."""
+"""Images: Pillow with only the member's own format, the pixel limit checked from the header.
+
+* Pillow tries only the format(s) the extension names (:data:`FORMATS`): a ``.jpg`` that is
+  really EPS is never handed to the EPS plugin (which runs Ghostscript where it is installed).
+* ``max_pixels`` governs: Pillow's own bomb limit is set from it, and its bomb error is the same
+  ``error`` status as bindery's own check, which reads the size from the header before decoding.
+* A JPEG whose data ends long before its declared size is ``corrupt``: libjpeg would fill the
+  missing rows with grey and call it a picture. A Huffman-coded JPEG spends at least one bit on
+  each 8x8 block of its full-resolution component, so a file of fewer than ``width * height /
+  512`` bytes cannot hold the picture its frame header declares.
+"""
 
 from __future__ import annotations
 
 import io
+import struct
+import warnings
 from typing import Any
 
 from pipeline.ingest.decode.base import DecodeError
 
+FORMATS: dict[str, tuple[str, ...]] = {"jpg": ("JPEG",), "jpeg": ("JPEG",), "png": ("PNG",), "webp": ("WEBP",)}
+HUFFMAN_FRAMES = {0xC0, 0xC1, 0xC2}  # baseline, extended and progressive Huffman-coded frames
 
-def decode_image(data: bytes, ext: str, cfg: Any):
+
+def _jpeg_frame_marker(data: bytes) -> int | None:
+    """The SOFn marker of a JPEG (walking the segments up to the first scan), or None."""
+    pos = 2
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return marker
+        if marker == 0xDA:
+            return None
+        pos += 2 + struct.unpack(">H", data[pos + 2:pos + 4])[0]
+    return None
+
+
+def _check_jpeg_length(data: bytes, w: int, h: int) -> None:
+    needed = w * h // 512  # one bit per 8x8 block
+    if _jpeg_frame_marker(data) in HUFFMAN_FRAMES and len(data) < needed:
+        raise DecodeError("corrupt", f"image: JPEG data ends before its declared {w}x{h}: {len(data)} bytes, "
+                                     f"a picture of that size needs at least {needed}")
+
+
+def _open(data: bytes, ext: str, max_pixels: int):
     from PIL import Image
 
+    Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow warns past it and refuses past twice it
+    formats = FORMATS.get(ext)
     try:
-        img = Image.open(io.BytesIO(data))
-        w, h = img.size  # header only: the limit is checked before the pixels are decoded
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=formats)
+    except Image.DecompressionBombError as exc:
+        raise DecodeError("error", f"image: exceeds max_pixels={max_pixels} ({exc})") from None
     except Exception as exc:
-        raise DecodeError("corrupt", f"image: cannot read header: {exc}") from None
+        allowed = "/".join(formats or ())
+        raise DecodeError("corrupt", f"image: cannot read a {allowed} header from the .{ext} member: "
+                                     f"{type(exc).__name__}: {exc}") from None
+    return img
+
+
+def decode_image(data: bytes, ext: str, cfg: Any):
+    img = _open(data, ext, cfg.max_pixels)
+    w, h = img.size  # header only: the limits are checked before the pixels are decoded
     if w * h > cfg.max_pixels:
-        raise DecodeError("error", f"image: {w}x{h} exceeds max_pixels={cfg.max_pixels}")
+        raise DecodeError("error", f"image: exceeds max_pixels={cfg.max_pixels} ({w}x{h} = {w * h} pixels)")
+    if img.format in ("JPEG", "MPO"):
+        _check_jpeg_length(data, w, h)
     try:
         return img.convert("RGB")
     except Exception as exc:
-        raise DecodeError("corrupt", f"image: cannot decode: {exc}") from None
+        raise DecodeError("corrupt", f"image: cannot decode: {type(exc).__name__}: {exc}") from None

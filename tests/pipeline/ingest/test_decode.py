@@ -166,8 +166,6 @@ def test_video_without_duration_is_held_to_max_seconds_and_sampled():
 def test_pyav_audio_stops_at_max_seconds():
     import av
 
-    from pipeline.ingest.decode.audio import _read_audio
-
     out = _NoSeek()
     with av.open(out, mode="w", format="webm") as mux:
         s = mux.add_stream("libopus", rate=48000)
@@ -178,7 +176,7 @@ def test_pyav_audio_stops_at_max_seconds():
         mux.mux(s.encode())
     data = bytes(out.buf)
     with pytest.raises(DecodeError) as exc:
-        _read_audio(data, max_seconds=1.0)
+        decode_audio(data, "webm", AudioConfig(encoder="x", max_seconds=1.0), 16000)
     assert exc.value.status == "error" and "max_seconds" in str(exc.value)
     assert status_of({"ogg": data}, "audio", AudioConfig(encoder="x", max_seconds=1.0), sample_rate=16000) == "error"
     assert decode_audio(data, "webm", AudioConfig(encoder="x", seconds=0.25), 16000).shape == (4000,)

@@ -366,6 +366,7 @@ batch_size = 1
 [precompute]
 device = "cpu"
 num_workers = 0
+trust_code = true
 """)
     summary = run(load(tmp_path / "m.toml"))
     assert summary["counts"]["text"] == {"ok": 3, "missing": 1, "corrupt": 0, "error": 3}
@@ -388,6 +389,7 @@ encoder = "{encoder}"
 [precompute]
 device = "cpu"
 num_workers = 0
+trust_code = true
 {extra}
 """)
     return path
