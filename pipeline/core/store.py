@@ -9,6 +9,12 @@ A part is written to a temporary name in the same folder and renamed, so a part 
 exists is complete. Parquet key-value metadata records how the vectors were made
 (``bindery.*`` keys, JSON values).
 
+Every file is written with Parquet page checksums, and every read verifies them. A store
+part is checked as it is read (:mod:`pipeline.core.store_checks`): its columns, dim and dtype
+against its metadata and the other parts, finite values, the norm the metadata promises,
+and each key once in the whole store. A part that fails is a :class:`StoreError` naming the
+file and the fix, never a pyarrow traceback and never a silently different vector.
+
 This module only needs pyarrow and numpy: the trainer and the publisher may import it.
 """
 
@@ -27,6 +33,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.core.layout import PART_GLOB, OutputLayout
+from pipeline.core.store_checks import (
+    StoreError,
+    check_same_layout,
+    check_schema,
+    check_status,
+    check_unique_keys,
+    check_vectors,
+    damaged,
+    read_checked,
+)
+
+__all__ = ["StoreError"]  # re-exported: every reader of a store meets it here
 
 STATUSES = ("missing", "corrupt", "error", "duplicate")
 META_PREFIX = "bindery."
@@ -69,7 +87,8 @@ def atomic_write_table(table: pa.Table, path: Path) -> None:
     # Dictionary-encode only low-cardinality label columns: on float16 vectors and unique
     # keys it made writes ~3x slower and files larger (measured by bench/publish.py).
     labels = [c for c in ("modality", "status") if c in table.column_names]
-    atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd", use_dictionary=labels or False))
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd", use_dictionary=labels or False,
+                                                  write_page_checksum=True))
 
 
 def embedding_schema(dim: int, dtype: str, metadata: Mapping[str, Any] | None = None) -> pa.Schema:
@@ -112,13 +131,33 @@ def write_status(path: Path, rows: Iterable[tuple[str, str, str]]) -> None:
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """The ``bindery.*`` key-value metadata of a Parquet file, JSON-decoded, prefix dropped."""
-    raw = pq.read_schema(path).metadata or {}
+    return schema_metadata(read_checked(path, pq.read_schema), path)
+
+
+def schema_metadata(schema: pa.Schema, path: str | Path) -> dict[str, Any]:
     out = {}
-    for k, v in raw.items():
-        k = k.decode()
-        if k.startswith(META_PREFIX):
-            out[k[len(META_PREFIX):]] = json.loads(v.decode())
+    for k, v in (schema.metadata or {}).items():
+        try:
+            k = k.decode()
+            if k.startswith(META_PREFIX):
+                out[k[len(META_PREFIX):]] = json.loads(v.decode())
+        except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError included
+            raise damaged(path, f"its metadata is not valid JSON ({exc})") from None
     return out
+
+
+def read_table(path: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """A whole Parquet file, its page checksums verified (StoreError naming it when they fail)."""
+    return read_checked(path, lambda p: pq.read_table(p, columns=columns, page_checksum_verification=True))
+
+
+def open_part(path: str | Path) -> pq.ParquetFile:
+    """A memory-mapped Parquet file whose pages are checksum-verified as they are read."""
+    return read_checked(path, lambda p: pq.ParquetFile(pa.memory_map(str(p)), page_checksum_verification=True))
+
+
+def read_row_group(file: pq.ParquetFile, path: str | Path, group: int, columns: list[str]) -> pa.Table:
+    return read_checked(path, lambda _: file.read_row_group(group, columns=columns))
 
 
 def list_parts(folder: str | Path) -> list[Path]:
@@ -161,39 +200,116 @@ def table_vectors(table: pa.Table) -> np.ndarray:
     return flat.reshape(-1, dim) if len(col) else np.zeros((0, dim), dtype=flat.dtype)
 
 
+@dataclass
+class PartInfo:
+    """What a store part says about itself, checked against its own footer."""
+
+    path: Path
+    metadata: dict[str, Any]
+    layout: tuple[int, str]  # (dim, dtype) of its vectors
+
+
+def _info(path: Path, schema: pa.Schema) -> PartInfo:
+    meta = schema_metadata(schema, path)
+    return PartInfo(path, meta, check_schema(schema, path, meta))
+
+
+def _consistent(modality: str, first: PartInfo, part: PartInfo) -> None:
+    """Every part of a store against its first: one encoder, one dtype and dim."""
+    if store_identity(part.metadata) != store_identity(first.metadata):
+        raise StoreError(
+            f"{modality} store under {part.path.parent} mixes encoders: {first.path.name} has "
+            f"{store_identity(first.metadata)}, {part.path.name} has {store_identity(part.metadata)}; "
+            "recompute the modality into an empty folder")
+    check_same_layout(first.path, first.layout, part.path, part.layout)
+
+
+def _checked_part(path: Path) -> tuple[pa.Table, PartInfo]:
+    """A store part read whole and checked: schema against its metadata, values finite, norms as promised."""
+    table = read_table(path)
+    info = _info(path, table.schema)
+    check_vectors(table_vectors(table), table.column("key"), path, info.metadata)
+    return table, info
+
+
+def _part_paths(output: str | Path, modality: str) -> list[Path]:
+    folder = embeddings_dir(output, modality)
+    paths = list_parts(folder)
+    if not paths:
+        raise FileNotFoundError(f"no embedding store for {modality!r} under {folder}; run `bindery precompute` first")
+    return paths
+
+
 def read_part(path: str | Path) -> Store:
-    table = pq.read_table(path)
-    modality = Path(path).parent.name
-    return Store(modality, np.asarray(table.column("key").to_pylist(), dtype=object),
-                 table_vectors(table), read_metadata(path))
+    table, info = _checked_part(Path(path))
+    keys = table.column("key")
+    check_unique_keys([(info.path, keys)])
+    return Store(info.path.parent.name, np.asarray(keys.to_pylist(), dtype=object), table_vectors(table),
+                 info.metadata)
+
+
+def _store_parts(output: str | Path, modality: str):
+    """Every part of a store, read whole and checked, one at a time: (table, info)."""
+    first = None
+    for path in _part_paths(output, modality):
+        table, info = _checked_part(path)
+        first = first or info
+        _consistent(modality, first, info)
+        yield table, info
 
 
 def read_store(output: str | Path, modality: str) -> Store:
-    """Load every part of a modality's store (for stores that fit in memory)."""
-    parts = list_parts(embeddings_dir(output, modality))
-    if not parts:
-        raise FileNotFoundError(
-            f"no embedding store for {modality!r} under {embeddings_dir(output, modality)}; run `bindery precompute` first")
-    meta = read_metadata(parts[0])
-    same = STORE_IDENTITY
-    for p in parts[1:]:
-        other = read_metadata(p)
-        if any(other.get(k) != meta.get(k) for k in same):
-            raise ValueError(
-                f"{modality} store under {embeddings_dir(output, modality)} mixes encoders: {parts[0].name} has "
-                f"{ {k: meta.get(k) for k in same} }, {p.name} has { {k: other.get(k) for k in same} }; "
-                "recompute the modality into an empty folder")
-    tables = [pq.read_table(p) for p in parts]
-    table = pa.concat_tables(tables)
+    """Load every part of a modality's store (for stores that fit in memory), each part checked."""
+    parts = list(_store_parts(output, modality))
+    check_unique_keys([(info.path, table.column("key")) for table, info in parts])
+    table = pa.concat_tables([t for t, _ in parts])
     keys = np.asarray(table.column("key").to_pylist(), dtype=object)
-    return Store(modality, keys, table_vectors(table), meta)
+    return Store(modality, keys, table_vectors(table), parts[0][1].metadata)
+
+
+def verify_store(output: str | Path, modality: str) -> int:
+    """Check every part of a store, one part in memory at a time (a store of any size); its rows.
+    Only the keys of every part are held, to find a key stored twice."""
+    keys = [(info.path, table.column("key")) for table, info in _store_parts(output, modality)]
+    check_unique_keys(keys)
+    return sum(len(k) for _, k in keys)
+
+
+def open_store(output: str | Path, modality: str) -> list[tuple[pq.ParquetFile, PartInfo]]:
+    """Every part of a store memory-mapped (pages checksum-verified as they are read), footers checked
+    and consistent; for readers that decode row groups as they need them (check each block with
+    :func:`check_block`)."""
+    out, first = [], None
+    for path in _part_paths(output, modality):
+        file = open_part(path)
+        info = _info(path, file.schema_arrow)
+        first = first or info
+        _consistent(modality, first, info)
+        out.append((file, info))
+    return out
+
+
+def check_block(vectors: np.ndarray, info: PartInfo, first_row: int) -> np.ndarray:
+    """``vectors`` (rows from ``first_row`` of a part) checked finite and of the promised norm."""
+    check_vectors(vectors, None, info.path, info.metadata, first_row)
+    return vectors
+
+
+def read_keys(parts: list[Path]) -> list[pa.ChunkedArray]:
+    """The key column of each part, checksums verified and every key once over all of them."""
+    keys = [read_table(p, columns=["key"]).column("key") for p in parts]
+    check_unique_keys(list(zip(parts, keys, strict=True)))
+    return keys
 
 
 def read_status(output: str | Path, modality: str) -> pa.Table:
     parts = list_parts(status_dir(output, modality))
     if not parts:
         return status_table([])
-    return pa.concat_tables([pq.read_table(p) for p in parts])
+    tables = [read_table(p) for p in parts]
+    for p, t in zip(parts, tables, strict=True):
+        check_status(t, p, STATUS_SCHEMA, STATUSES)
+    return pa.concat_tables(tables)
 
 
 def store_identity(metadata: Mapping[str, Any]) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from pipeline.core.layout import BundleLayout, OutputLayout, PairsLayout, RunLayout, part_name
 from pipeline.core.manifest import DatasetConfig, Manifest, ManifestError, PublishConfig
 from pipeline.core.samples import metadata_parts
-from pipeline.core.store import list_parts, read_metadata, read_status, stored_modalities
+from pipeline.core.store import list_parts, read_metadata, read_status, stored_modalities, verify_store
 from pipeline.publish.bundle import FORMAT, Bundle, BundleError, HeadsSpec, IndexSpec, StoreInfo, TableSpec
 from pipeline.publish.card import feature_yaml, render_card, source_licences
 from pipeline.publish.verify import verify, write_checksums
@@ -203,6 +203,8 @@ def _check_inputs(cfg: PublishConfig, layout: OutputLayout, folder: Path, upload
     if not stored_modalities(layout.root):
         raise ManifestError(f"dataset.output: no embedding stores under {layout.embeddings_root}; "
                             "run `bindery precompute` first")
+    for m in stored_modalities(layout.root):
+        verify_store(layout.root, m)  # a damaged part, mixed parts or a key twice: StoreError, nothing written
     run = cfg.run
     if run and not layout.run(run).heads.is_file():
         raise ManifestError(f"publish.run: run {run!r} has no {layout.run(run).heads.name} under "

@@ -44,12 +44,18 @@ from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 from pipeline.core.layout import OutputLayout
-from pipeline.core.store import list_parts, read_metadata, table_vectors
+from pipeline.core.store import (
+    check_block,
+    list_parts,
+    open_part,
+    open_store,
+    read_keys,
+    read_row_group,
+    table_vectors,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +70,7 @@ def store_dim(layout: OutputLayout, modality: str) -> int:
     parts = list_parts(layout.embeddings(modality))
     if not parts:
         raise FileNotFoundError(f"no embedding store for {modality!r} under {layout.embeddings(modality)}")
-    return int(pq.read_schema(parts[0]).field("embedding").type.list_size)
+    return int(open_part(parts[0]).schema_arrow.field("embedding").type.list_size)
 
 
 class MappedStore:
@@ -72,16 +78,14 @@ class MappedStore:
 
     def __init__(self, layout: OutputLayout, modality: str, budget: int) -> None:
         self.modality = modality
-        self.parts = list_parts(layout.embeddings(modality))
-        if not self.parts:
-            raise FileNotFoundError(f"no embedding store for {modality!r} under {layout.embeddings(modality)}; "
-                                    "run `bindery precompute` first")
+        opened = open_store(layout.root, modality)  # footers checked; every block is checked as it is decoded
+        self.files, self.infos = [f for f, _ in opened], [info for _, info in opened]
+        self.parts = [info.path for info in self.infos]
         self.budget = int(budget)
-        self.files = [pq.ParquetFile(pa.memory_map(str(p))) for p in self.parts]
         emb = self.files[0].schema_arrow.field("embedding").type
         self.dim = int(emb.list_size)
         self.np_dtype = np.dtype(emb.value_type.to_pandas_dtype())
-        self.metadata = read_metadata(self.parts[0])
+        self.metadata = self.infos[0].metadata
         # (part, row group) of every row group, in store order, and each one's first global row
         self.groups = [(f, g) for f, pf in enumerate(self.files) for g in range(pf.num_row_groups)]
         sizes = [self.files[f].metadata.row_group(g).num_rows for f, g in self.groups]
@@ -97,7 +101,7 @@ class MappedStore:
     @staticmethod
     def footer(path: Path) -> tuple[int, int]:
         """(rows, bytes of the decoded vectors) of one part, from its footer."""
-        pf = pq.ParquetFile(pa.memory_map(str(path)))
+        pf = open_part(path)
         emb = pf.schema_arrow.field("embedding").type
         rows = pf.metadata.num_rows
         return rows, rows * emb.list_size * np.dtype(emb.value_type.to_pandas_dtype()).itemsize
@@ -171,7 +175,9 @@ class MappedStore:
     def _decode(self, g: int) -> np.ndarray:
         f, rg = self.groups[g]
         self.decoded += 1
-        return table_vectors(self.files[f].read_row_group(rg, columns=["embedding"]))
+        table = read_row_group(self.files[f], self.parts[f], rg, ["embedding"])
+        first_row = int(self.offsets[g] - self.offsets[g - rg])  # row groups of one part are consecutive
+        return check_block(table_vectors(table), self.infos[f], first_row)
 
     def _row_group(self, g: int) -> np.ndarray:
         hit = self.cache.get(g)
@@ -196,5 +202,5 @@ class MappedStore:
 
     def read_keys(self) -> np.ndarray:
         """The store keys (object array of str), reading only the ``key`` column of each part."""
-        keys = [pq.read_table(pa.memory_map(str(p)), columns=["key"]).column("key").to_pylist() for p in self.parts]
+        keys = [col.to_pylist() for col in read_keys(self.parts)]  # each key once over the store, or StoreError
         return np.asarray([k for part in keys for k in part], dtype=object)
