@@ -35,7 +35,7 @@ class ManifestError(ValueError):
 @dataclass(frozen=True)
 class DatasetConfig:
     name: str  # a short name, used in stores' metadata and the published card
-    shards: str  # brace pattern of WebDataset tars: local path, or a `pipe:` command
+    shards: str  # brace pattern of WebDataset tars: local path, or `pipe:<shell command>` (bindery runs that command, as webdataset does)
     output: str  # output folder for stores, status, pairs and runs
     license: str = "unknown"  # licence of the source data, copied into the dataset card
 
@@ -44,7 +44,7 @@ class DatasetConfig:
 class ModalityConfig:
     """Keys every modality has."""
 
-    encoder: str  # registry name, `hf:<repo-or-path>`, or `module:function` plugin
+    encoder: str  # registered name (built-in or a `bindery.encoders` entry point), `hf:<repo-or-path>`, or `module:function` (needs precompute.trust_code)
     batch_size: int = 64  # samples per encoder call
     dtype: str = "float16"  # storage dtype of the embeddings
     CHOICES: typing.ClassVar[dict[str, tuple[str, ...]]] = {"dtype": ("float16", "float32")}
