@@ -123,15 +123,17 @@ def _pyav_length(data: bytes, max_seconds: float) -> tuple[int, int, int]:
 
 
 def _pyav_blocks(data: bytes) -> Iterator[np.ndarray]:
-    """Mono float64 blocks, one per decoded frame, converted to float planar by libswresample."""
+    """Mono float64 blocks, one per decoded frame, converted to interleaved float by libswresample
+    (interleaved: PyAV's planar to_ndarray crashes on some many-channel frames)."""
     import av
 
     with av.open(io.BytesIO(data)) as container:
         stream = container.streams.audio[0]
-        planar = av.AudioResampler(format="fltp")
+        packed = av.AudioResampler(format="flt")
         for frame in container.decode(stream):
-            for f in planar.resample(frame):
-                yield f.to_ndarray().mean(axis=0, dtype=np.float64)
+            for f in packed.resample(frame):
+                channels = f.layout.nb_channels
+                yield f.to_ndarray().reshape(-1, channels).mean(axis=1, dtype=np.float64)
 
 
 def _pyav_window(data: bytes, cfg: Any, target: int) -> tuple[np.ndarray, Window, int]:

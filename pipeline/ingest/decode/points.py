@@ -44,9 +44,10 @@ def _read_npy(stream, cfg: Any) -> np.ndarray:
     _check_array(shape, dtype, cfg)
     count = int(np.prod(shape))
     nbytes = count * dtype.itemsize
-    data = stream.read(nbytes + 1)
+    data = stream.read(nbytes + 1)  # one byte more than the header's shape needs: a longer array is caught
     if len(data) != nbytes:
-        raise DecodeError("corrupt", f"points: the array holds {len(data)} bytes, its header says {nbytes}")
+        what = "more data than" if len(data) > nbytes else f"{len(data)} bytes of the {nbytes} promised by"
+        raise DecodeError("corrupt", f"points: the array holds {what} its header's shape {shape}")
     arr = np.frombuffer(data, dtype=dtype, count=count)
     return arr.reshape(shape, order="F" if fortran else "C")
 
