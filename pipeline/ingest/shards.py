@@ -25,7 +25,7 @@ from pathlib import Path
 from braceexpand import braceexpand
 
 from pipeline.core.manifest import ManifestError, PrecomputeConfig
-from pipeline.ingest.tarstream import MemberTooLarge, TarStream
+from pipeline.ingest.tarstream import MemberTooLarge, TarStream, TrailingData
 
 log = logging.getLogger(__name__)
 
@@ -180,15 +180,20 @@ def iter_samples(url: str, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES
             if done is not None:
                 yield done
         tar.check_end()
+    except TrailingData as exc:  # the last sample was read whole: it is kept, the fault still recorded
+        fault, complete = f"{type(exc).__name__}: {exc}", True
     except Exception as exc:  # noqa: BLE001 - any failure of a hostile tar is a fault, never a crash
-        fault = f"{type(exc).__name__}: {exc}"
+        fault, complete = f"{type(exc).__name__}: {exc}", False
+    else:
+        complete = True
     finally:
         closed = close()
     fault = fault or closed
     current = samples.current
+    if complete and current is not None and not closed:
+        yield current
+        current = None
     if fault is None:
-        if current is not None:
-            yield current
         return
     partial = str(current["__key__"]) if current is not None else None
     log.warning("shard %s: read fault after the last complete sample (%s)", url, fault)

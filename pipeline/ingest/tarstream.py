@@ -31,6 +31,10 @@ MAGIC = ((b"\x1f\x8b", lambda raw: gzip.GzipFile(fileobj=raw, mode="rb")), (b"BZ
          (b"\xfd7zXZ\x00", lzma.LZMAFile))
 
 
+class TrailingData(tarfile.ReadError):
+    """Bytes after a valid end-of-archive: every member before it was read whole."""
+
+
 class MemberTooLarge(Exception):
     """A member that is not read: its size is over the limit, or there is no memory to hold it."""
 
@@ -156,7 +160,7 @@ class TarStream:
         if seen[:BLOCK].strip(b"\0"):
             raise tarfile.ReadError(f"unreadable tar header at byte {offset}; the members after it are lost")
         if seen[BLOCK:].strip(b"\0") or not self._rest_is_zero():
-            raise tarfile.ReadError("data after the end-of-archive blocks")
+            raise TrailingData("data after the end-of-archive blocks")
 
     def _rest_is_zero(self) -> bool:
         while chunk := self.data.read(CHUNK):

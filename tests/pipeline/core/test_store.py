@@ -65,3 +65,22 @@ def test_read_store_refuses_parts_from_different_encoders(tmp_path):
     store.write_embeddings(folder / "part-b.parquet", ["b0", "b1"], one, metadata={"encoder": "e2", "digest": "d2", "dim": 4})
     with pytest.raises(ValueError, match="mixes encoders.*part-b.parquet"):
         store.read_store(tmp_path, "text")
+
+
+def test_parts_carry_page_checksums_and_a_flipped_value_is_a_store_error(tmp_path):
+    vecs = np.eye(4, 8, dtype=np.float32)
+    path = store.embeddings_dir(tmp_path, "text") / part_name("s0")
+    store.write_embeddings(path, list("abcd"), vecs, "float32", {"dim": 8, "normalized": True})
+    chunk = pq.ParquetFile(path).metadata.row_group(0).column(1)  # the embedding column
+    data = bytearray(path.read_bytes())
+    data[chunk.data_page_offset + chunk.total_compressed_size - 3] ^= 0x01  # inside its (compressed) page
+    path.write_bytes(bytes(data))
+    with pytest.raises(store.StoreError, match=r"part-s0.parquet: cannot be read .*delete .*re-run `bindery precompute`"):
+        store.read_part(path)
+
+
+def test_verify_store_counts_rows_and_checks_every_part(tmp_path):
+    write_planted_stores(tmp_path, n=30, parts=3)
+    assert store.verify_store(tmp_path, "text") == 30
+    with pytest.raises(FileNotFoundError, match="bindery precompute"):
+        store.verify_store(tmp_path, "video")

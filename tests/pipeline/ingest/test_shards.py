@@ -107,3 +107,45 @@ def test_non_utf8_member_names_become_escaped_keys(tmp_path):
     keys = [s["__key__"] for s in iter_samples(str(path))]
     assert keys == ["caf\\xe9", "plain"]
     assert all(k.encode("utf-8") for k in keys)
+
+
+@pytest.mark.parametrize("suffix", [".tar.gz", ".tar.bz2", ".tar.xz"])
+def test_compressed_tars_are_read_and_a_cut_one_is_a_fault(tmp_path, suffix):
+    import bz2
+    import gzip
+    import lzma
+
+    plain = _tar(tmp_path, 3).read_bytes()
+    pack = {".tar.gz": gzip.compress, ".tar.bz2": bz2.compress, ".tar.xz": lzma.compress}[suffix]
+    path = tmp_path / f"c{suffix}"
+    path.write_bytes(pack(plain))
+    assert [s["__key__"] for s in iter_samples(str(path))] == ["k0", "k1", "k2"]
+    path.write_bytes(pack(plain)[: len(pack(plain)) // 2])
+    *_, fault = list(iter_samples(str(path)))
+    assert isinstance(fault, ShardFault)
+
+
+def test_a_member_over_the_limit_is_skipped_and_named(tmp_path):
+    from pipeline.ingest.shards import SkippedMember
+
+    path = tmp_path / "s.tar"
+    write_tar(path, [("a", {"txt": b"x" * 100, "json": b"{}"}), ("b", {"txt": b"short"})])
+    a, b = list(iter_samples(str(path), max_member_bytes=50))
+    assert isinstance(a["txt"], SkippedMember) and "is 100 bytes, over the member limit of 50" in a["txt"].reason
+    assert a["json"] == b"{}" and b["txt"] == b"short"
+
+
+def test_headers_past_the_budget_are_a_fault_not_an_allocation(tmp_path):
+    from tests.hostile import bombs
+
+    path = bombs.write(tmp_path / "pax.tar.gz", bombs.targz_with_pax_header("p", 1 << 30))
+    *samples, fault = list(iter_samples(str(path)))
+    assert [s["__key__"] for s in samples] == ["p/good-0"]
+    assert fault.partial_key == "p/good-1" and "headers take more than 1048576 bytes" in fault.error
+
+
+def test_garbage_after_the_end_of_archive_is_a_fault(tmp_path):
+    path = _tar(tmp_path, 2)
+    path.write_bytes(path.read_bytes() + b"hidden sample")
+    *samples, fault = list(iter_samples(str(path)))
+    assert len(samples) == 2 and "data after the end-of-archive blocks" in fault.error
