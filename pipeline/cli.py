@@ -15,7 +15,7 @@ import logging
 import sys
 
 from pipeline.core.manifest import ManifestError, load
-from pipeline.core.store import StoreError
+from pipeline.core.store import StoreError, WriteError
 from pipeline.encoders.base import EncoderError
 from pipeline.publish.verify import BundleError
 
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ManifestError, EncoderError) as exc:
         print(f"bindery {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except (BundleError, StoreError) as exc:
+    except (BundleError, StoreError, WriteError) as exc:
         print(f"bindery {args.command}: error: {exc}", file=sys.stderr)
         return 1
     if result is not None:

@@ -212,6 +212,11 @@ class OutputLayout:
     def lock(self) -> Path:
         return self.root / ".bindery.lock"
 
+    @property
+    def dedupe_marker(self) -> Path:
+        """What the stores looked like after the last duplicate-key pass (the pass is skipped if unchanged)."""
+        return self.root / ".dedupe.json"
+
     # -- later stages
     @property
     def pairs(self) -> PairsLayout:

@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.core.layout import OutputLayout
-from pipeline.core.store import atomic_write_table, list_parts
+from pipeline.core.store import atomic_write_table, list_parts, read_table
 
 METADATA_SCHEMA = pa.schema([("key", pa.string()), ("json", pa.string())])
 
@@ -45,7 +44,7 @@ def metadata_parts(layout: OutputLayout) -> list[Path]:
 def iter_sample_metadata(layout: OutputLayout) -> Iterator[tuple[str, dict[str, Any]]]:
     """(key, parsed json) of every sample with a metadata row."""
     for part in metadata_parts(layout):
-        table = pq.read_table(part, columns=["key", "json"])
+        table = read_table(part, ["key", "json"])  # page checksums verified
         for key, text in zip(table.column("key").to_pylist(), table.column("json").to_pylist(), strict=True):
             yield key, parse_sample_json(text)
 

@@ -20,6 +20,7 @@ This module only needs pyarrow and numpy: the trainer and the publisher may impo
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import uuid
@@ -44,8 +45,6 @@ from pipeline.core.store_checks import (
     read_checked,
 )
 
-__all__ = ["StoreError"]  # re-exported: every reader of a store meets it here
-
 STATUSES = ("missing", "corrupt", "error", "duplicate")
 META_PREFIX = "bindery."
 # The store metadata that says which encoder made a store and what its vectors are: parts that
@@ -64,15 +63,29 @@ def status_dir(output: str | Path, modality: str) -> Path:
     return OutputLayout(output).status(modality)
 
 
+class WriteError(RuntimeError):
+    """The disk (or quota) is full: names the file; what was written before it stays complete."""
+
+
+def _full(exc: OSError) -> bool:
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(exc)
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
     """Call ``write(tmp)`` on a hidden temporary file next to ``path``, then rename it onto ``path``,
-    so a reader sees the old file or the new one, never half of one."""
+    so a reader sees the old file or the new one, never half of one. A full disk is a WriteError."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        if not _full(exc):
+            raise
+        raise WriteError(f"no space left on device writing {path}; every file written before it is complete "
+                         "and kept: free some space (or set another dataset.output) and re-run, which "
+                         "redoes only what is missing") from None
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -24,7 +24,14 @@ import torch
 from pipeline.core.manifest import ModalityConfig, PrecomputeConfig
 from pipeline.encoders.base import Batch
 from pipeline.ingest.decode import DecodeError, decode_member
-from pipeline.ingest.shards import Shard, ShardFault, iter_samples, split_by
+from pipeline.ingest.shards import (
+    DEFAULT_MAX_MEMBER_BYTES,
+    DUPLICATE,
+    Shard,
+    ShardFault,
+    iter_samples,
+    split_by,
+)
 from pipeline.precompute.handlers import Handler, keep_going, record_and_continue
 
 log = logging.getLogger(__name__)
@@ -104,22 +111,22 @@ class _BusyClock:
 
 class ShardDataset(torch.utils.data.IterableDataset):
     def __init__(self, work: list[ShardWork], plans: dict[str, ModalityPlan],
-                 handler: Handler = record_and_continue):
+                 handler: Handler = record_and_continue, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES):
         super().__init__()
-        self.work, self.plans, self.handler = work, plans, handler
+        self.work, self.plans, self.handler, self.max_member_bytes = work, plans, handler, max_member_bytes
 
     def __iter__(self) -> Iterator[Message]:
         info = torch.utils.data.get_worker_info()
         work = split_by(self.work, info.id, info.num_workers) if info else self.work
         for item in work:
-            yield from _ShardReader(item, self.plans, self.handler).messages()
+            yield from _ShardReader(item, self.plans, self.handler, self.max_member_bytes).messages()
 
 
 class _ShardReader:
     """One shard read once: decoded members gathered into batches, the rest into status rows."""
 
-    def __init__(self, work: ShardWork, plans: dict[str, ModalityPlan], handler: Handler):
-        self.work, self.plans, self.handler = work, plans, handler
+    def __init__(self, work: ShardWork, plans: dict[str, ModalityPlan], handler: Handler, max_member_bytes: int):
+        self.work, self.plans, self.handler, self.max_member_bytes = work, plans, handler, max_member_bytes
         self.shard_id = work.shard.shard_id
         self.pending = {m: _Pending() for m in work.modalities}
         self.status: dict[str, list[StatusRow]] = {m: [] for m in work.modalities}
@@ -138,13 +145,14 @@ class _ShardReader:
                         self.metadata if self.work.write_metadata else None, self.fault, clock.total)
 
     def _batches(self) -> Iterator[ModalityBatch]:
-        for sample in iter_samples(self.work.shard.url):
+        for sample in iter_samples(self.work.shard.url, self.max_member_bytes):
             if isinstance(sample, ShardFault):
                 self._record_fault(sample)
                 break
             self.samples += 1
             key = str(sample["__key__"])
-            self.metadata.append((key, _json_text(sample.get("json"))))
+            if DUPLICATE not in sample:  # a key repeated in its shard: one metadata row, its first
+                self.metadata.append((key, _json_text(sample.get("json"))))
             for m in self.work.modalities:
                 if self._decode(sample, key, m) and len(self.pending[m].keys) >= self.plans[m].config.batch_size:
                     yield from self._flush(m)
@@ -209,7 +217,7 @@ def _tensors(batch: Batch) -> Batch:
 
 
 def _json_text(data: Any) -> str:
-    if data is None:
+    if data is None or not isinstance(data, bytes | str):  # absent, or not read (over the member limit)
         return ""
     if isinstance(data, bytes):
         return data.decode("utf-8", errors="replace")

@@ -4,14 +4,16 @@ One Parquet part per (shard, modality) in the embedding store and in the status 
 part is done when both exist, so a rerun (after a crash, a SIGKILL, a lost rank) redoes only
 the missing parts. Shards are split round-robin over ranks (``accelerate launch`` /
 ``torchrun``) and again over each rank's DataLoader workers; parts are independent, so N
-processes write the same stores as one. Rank 0 gathers every rank's figures and writes
+processes write the same stores as one. Rank 0 holds the output's lock for the run (a second
+run on the same output is refused, naming the holder), enforces each key once over the stores
+(:mod:`.dedupe`) once every rank is done, gathers every rank's figures and writes
 ``<output>/precompute.json``. See docs/precompute.md.
 
 This is the stage's entry: it checks what the manifest asks for (raising the
 :class:`ManifestError` that names the key), picks the bad-sample handler once, and hands each
 module below only its own section: :mod:`.plan` (what is missing), :mod:`.loader` (worker
 side), :mod:`.encoding` (device side), :mod:`.rank` (one rank's loop), :mod:`.stats`,
-:mod:`.outputs`.
+:mod:`.outputs`, :mod:`.dedupe`, :mod:`.lock`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,10 +33,12 @@ from pipeline.core.manifest import DatasetConfig, Manifest, ManifestError, Preco
 from pipeline.core.samples import label_names
 from pipeline.core.store import atomic_write_text
 from pipeline.encoders.registry import build_encoder
-from pipeline.ingest.shards import expand_shards
+from pipeline.ingest.shards import Shard, expand_shards
+from pipeline.precompute.dedupe import dedupe
 from pipeline.precompute.encoding import Encoding, pick_device
 from pipeline.precompute.handlers import HANDLERS, Handler, keep_going
 from pipeline.precompute.loader import ShardDataset, ShardWork, make_loader
+from pipeline.precompute.lock import OutputBusy, OutputLock
 from pipeline.precompute.outputs import read_faults, store_counts, write_classes
 from pipeline.precompute.plan import MixedEncoders, plan_work
 from pipeline.precompute.rank import RankLoop
@@ -49,12 +54,55 @@ def _check_device(pc: PrecomputeConfig) -> None:
                             "use device = \"auto\" or \"cpu\", or run where a GPU is visible")
 
 
-def _plan(shards: str, encoders: dict[str, Encoding], layout: OutputLayout, rank: int,
+def _check_output(layout: OutputLayout) -> None:
+    """The output is a folder, or can be made one (it is made when the run takes its lock)."""
+    root = layout.root
+    if root.exists() and not root.is_dir():
+        raise ManifestError(f"dataset.output: {root} exists and is not a directory; give a folder "
+                            "(it is created if missing)")
+    parent = next((p for p in root.parents if p.exists()), None)
+    if parent is not None and not (parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)) and not root.exists():
+        raise ManifestError(f"dataset.output: cannot create {root}: {parent} is not a folder this user can write "
+                            "to; give a folder that can be written")
+
+
+def _check_shards(pattern: str) -> list[Shard]:
+    """Every shard the pattern names; a pattern of local paths none of which exists is a ManifestError
+    (a `pipe:` command can only be tried; one missing shard among others is a fault, retried by a rerun)."""
+    shards = expand_shards(pattern)
+    local = [s for s in shards if not s.url.startswith("pipe:")]
+    if not shards or (len(local) == len(shards) and not any(Path(s.url).expanduser().exists() for s in local)):
+        first = shards[0].url if shards else ""
+        raise ManifestError(f"dataset.shards: {pattern!r} matches no shard: none of its {len(shards)} path(s) "
+                            f"exists (the first is {first!r}); check the folder and the brace range")
+    return shards
+
+
+def _lock(layout: OutputLayout, state: Any) -> OutputLock | None:
+    """Rank 0 makes the output folder, takes its lock and tells every rank whether it got it."""
+    lock, refused = None, None
+    if state.is_main_process:
+        try:
+            layout.root.mkdir(parents=True, exist_ok=True)
+            lock = OutputLock(layout.lock).acquire()
+        except OutputBusy as exc:
+            refused = str(exc)
+        except OSError as exc:
+            refused = f"cannot create {layout.root} ({exc.strerror or exc}); give a folder that can be written"
+    if state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        refused = broadcast_object_list([refused])[0]
+    if refused:
+        raise ManifestError(f"dataset.output: {refused}")
+    return lock
+
+
+def _plan(shards: list[Shard], encoders: dict[str, Encoding], layout: OutputLayout, rank: int,
           world: int) -> list[ShardWork]:
     """This rank's missing parts; a finished part made by another encoder names the key to change."""
     try:
-        return plan_work(expand_shards(shards), list(encoders), layout, rank, world,
-                         {m: e.metadata for m, e in encoders.items()})
+        return plan_work(shards, list(encoders), layout, rank, world, {m: e.metadata for m, e in encoders.items()})
     except MixedEncoders as exc:
         raise ManifestError(
             f"modalities.{exc.modality}.encoder: {exc}; one store must not mix encoders: set a new "
@@ -69,7 +117,7 @@ def _encode_rank(work: list[ShardWork], encoders: dict[str, Encoding], layout: O
         return
     needed = {m for w in work for m in w.modalities}
     plans = {m: e.plan() for m, e in encoders.items() if m in needed}
-    loader = make_loader(ShardDataset(work, plans, handler), pc, world, device)
+    loader = make_loader(ShardDataset(work, plans, handler, int(pc.max_member_mb * 2**20)), pc, world, device)
     with tqdm(desc=f"precompute rank {stats.rank}", unit="item", disable=stats.rank != 0,
               dynamic_ncols=True) as bar:
         RankLoop(layout, encoders, handler, stats).run(loader, bar)
@@ -102,21 +150,36 @@ def _class_names(text: TextConfig | None, layout: OutputLayout, label_key: str,
 
 def run(manifest: Manifest) -> dict[str, Any]:
     from accelerate import PartialState
-    from accelerate.utils import gather_object
 
     pc, layout = manifest.precompute, manifest.layout
     _check_device(pc)
-    handler = HANDLERS[pc.handler]
+    shards = _check_shards(manifest.dataset.shards)
+    _check_output(layout)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     state = PartialState(cpu=pc.device == "cpu" or not torch.cuda.is_available())
-    rank, world = state.process_index, state.num_processes
     device = pick_device(pc.device, state)
     t_start = time.perf_counter()
     # Every modality's encoder, even with nothing to encode: a finished part is reused only if it
     # was made by the same encoder (STORE_IDENTITY: name, weights digest, dim, dtype, normalisation).
-    encoders = {m: Encoding(m, build_encoder(m, cfg), cfg, pc, manifest.dataset.name, device)
+    encoders = {m: Encoding(m, build_encoder(m, cfg, pc.trust_code), cfg, pc, manifest.dataset.name, device)
                 for m, cfg in manifest.modalities.items()}
-    work = _plan(manifest.dataset.shards, encoders, layout, rank, world)
+    lock = _lock(layout, state)  # nothing is written before this
+    try:
+        return _run(manifest, shards, state, encoders, t_start)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(manifest: Manifest, shards: list[Shard], state: Any, encoders: dict[str, Encoding],
+         t_start: float) -> dict[str, Any]:
+    from accelerate.utils import gather_object
+
+    pc, layout = manifest.precompute, manifest.layout
+    handler = HANDLERS[pc.handler]
+    rank, world = state.process_index, state.num_processes
+    device = next(iter(encoders.values())).device
+    work = _plan(shards, encoders, layout, rank, world)
     log.info("rank %d/%d on %s: %d shards with missing parts", rank, world, device, len(work))
     stats = RankStats.start(rank, str(device), manifest.modalities)
     _encode_rank(work, encoders, layout, pc, handler, stats, world, device)
@@ -125,13 +188,14 @@ def run(manifest: Manifest) -> dict[str, Any]:
     state.wait_for_everyone()
     if rank != 0:
         return {"rank": rank, "world_size": world}
+    deduplicated = dedupe(layout, list(manifest.modalities), [s.shard_id for s in shards])
     text = manifest.modalities.get("text")
     classes, classes_error = _class_names(text, layout, manifest.eval.label_key, lambda: encoders["text"], handler)
     summary = _summary(manifest.dataset, list(manifest.modalities), RankStats.merge(all_stats), world, classes,
                        time.perf_counter() - t_start)
+    summary["deduplicated"] = deduplicated  # occurrences moved to `duplicate` rows by the post-pass, this run
     if classes_error:
         summary["classes_error"] = classes_error
-    # atomic: concurrent runs over shard slices (a Slurm array) never leave half a file
     atomic_write_text(layout.precompute_summary, json.dumps(summary, indent=2))
     log.info("precompute done: %s", json.dumps(summary["counts"]))
     return summary

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # the keys of precompute.json's per-modality counts: rows in the store, then in the status table
-COUNTED = ("ok", "missing", "corrupt", "error")
+COUNTED = ("ok", "missing", "corrupt", "error", "duplicate")
 TIMINGS = ("read_s", "wait_s", "encode_s", "write_s")  # summed over ranks in precompute.json
 
 

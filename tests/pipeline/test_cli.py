@@ -43,6 +43,6 @@ def test_precompute_through_main_with_overrides(tmp_path, tiny_shards, tiny_clip
     del_mods = ["--set", "dataset.shards=" + tiny_shards["pattern"].replace("{000000..000003}", "000001")]
     assert main(["precompute", str(m), *del_mods, "--set", "modalities.image.dtype=float32"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["counts"]["image"] == {"ok": 4, "missing": 0, "corrupt": 1, "error": 0}
-    assert summary["counts"]["audio"] == {"ok": 4, "missing": 0, "corrupt": 1, "error": 0}
+    assert summary["counts"]["image"] == {"ok": 4, "missing": 0, "corrupt": 1, "error": 0, "duplicate": 0}
+    assert summary["counts"]["audio"] == {"ok": 4, "missing": 0, "corrupt": 1, "error": 0, "duplicate": 0}
     assert json.loads((tmp_path / "out" / "precompute.json").read_text())["counts"] == summary["counts"]

@@ -78,12 +78,12 @@ def test_precompute_json_counts(reference, tiny_shards):
     summary = json.loads((reference["output"] / "precompute.json").read_text())
     assert summary["world_size"] == 1
     for m in MODS:
-        exp = {s: 0 for s in ("ok", "missing", "corrupt", "error")}
+        exp = {s: 0 for s in ("ok", "missing", "corrupt", "error", "duplicate")}
         for status in tiny_shards["expected"][m].values():
             exp[status] += 1
         assert summary["counts"][m] == exp, m
         assert summary["this_run"][m] == exp, m
-    assert summary["counts"]["points"] == {"ok": 11, "missing": 1, "corrupt": 2, "error": 1}
+    assert summary["counts"]["points"] == {"ok": 11, "missing": 1, "corrupt": 2, "error": 1, "duplicate": 0}
     assert set(summary["faults"]) == {"shard-000002"}
     assert "unexpected end of data" in summary["faults"]["shard-000002"]
     (rank,) = summary["ranks"]
@@ -191,7 +191,7 @@ def test_rerun_redoes_only_missing_parts(reference, tmp_path):
     (out / "embeddings" / "audio" / "part-shard-000001.parquet").unlink()
     summary = run(manifest)
     assert summary["ranks"][0]["parts_written"] == 1
-    assert summary["this_run"]["audio"] == {"ok": 4, "missing": 0, "corrupt": 1, "error": 0}
+    assert summary["this_run"]["audio"] == {"ok": 4, "missing": 0, "corrupt": 1, "error": 0, "duplicate": 0}
     assert summary["this_run"]["image"]["ok"] == 0
     assert_same_stores(reference["output"], out)
 
@@ -369,7 +369,7 @@ num_workers = 0
 trust_code = true
 """)
     summary = run(load(tmp_path / "m.toml"))
-    assert summary["counts"]["text"] == {"ok": 3, "missing": 1, "corrupt": 0, "error": 3}
+    assert summary["counts"]["text"] == {"ok": 3, "missing": 1, "corrupt": 0, "error": 3, "duplicate": 0}
     rows = {r["key"]: r["error"] for r in read_status(tmp_path / "out", "text").to_pylist()}
     assert "non-finite" in rows["s0-001"] and "RuntimeError: bird batch" in rows["s0-002"]
     assert sorted(read_store(tmp_path / "out", "text").keys) == ["s0-000", "s0-003", "s0-005"]
@@ -416,7 +416,7 @@ def test_truncated_shard_fault_persists_across_reruns(tiny_shards, tiny_clip, tm
     manifest = load(text_manifest(tmp_path, cut, f"hf:{tiny_clip}"))
     first = run(manifest)
     assert "shard-000002" in first["faults"] and first["this_run"]["text"] == {"ok": 2, "missing": 0, "corrupt": 0,
-                                                                                "error": 1}
+                                                                                "error": 1, "duplicate": 0}
     again = run(manifest)
     assert again["ranks"][0]["shards"] == [] and again["faults"] == first["faults"]
     in_process = first["ranks"][0]  # num_workers = 0: the reading runs inside the loop's waits

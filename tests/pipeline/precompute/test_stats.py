@@ -44,8 +44,8 @@ def test_merge_sums_the_ranks_in_rank_order():
     run = RankStats.merge(two_ranks())
     assert [r["rank"] for r in run.to_json()] == [0, 1]
     assert run.this_run(["image", "text"]) == {
-        "image": {"ok": 5, "missing": 1, "corrupt": 2, "error": 1},
-        "text": {"ok": 4, "missing": 0, "corrupt": 0, "error": 0}}
+        "image": {"ok": 5, "missing": 1, "corrupt": 2, "error": 1, "duplicate": 0},
+        "text": {"ok": 4, "missing": 0, "corrupt": 0, "error": 0, "duplicate": 0}}
     assert list(run.this_run(["image"])["image"]) == list(COUNTED)
     assert run.seconds() == {"read_s": 3.0, "wait_s": 0.0, "encode_s": 1.0, "write_s": 0.125}
     assert run.stored == 9
