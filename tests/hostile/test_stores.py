@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from pipeline.cli import main
 from pipeline.core import store
+from pipeline.core.layout import OutputLayout
 from pipeline.core.store import (
     StoreError,
     embeddings_dir,
@@ -81,7 +82,7 @@ def test_a_bad_row_is_refused_by_every_reader(planted, capsys, value, what):
         store.verify_store(planted, "audio")
     from trainer.data.stream import MappedStore
 
-    mapped = MappedStore(planted, "audio", budget=1 << 20)
+    mapped = MappedStore(OutputLayout(planted), "audio", budget=1 << 20)
     with pytest.raises(StoreError, match=rf"^{re.escape(str(part))}: row 3 {what}"):
         mapped[np.arange(len(mapped))]
     for command in ("pair", "train", "publish"):
@@ -130,7 +131,7 @@ def test_a_key_stored_twice_names_the_key_and_both_parts(planted, capsys):
     from trainer.data.stream import MappedStore
 
     with pytest.raises(StoreError, match=message):
-        MappedStore(planted, "text", budget=1 << 20).read_keys()
+        MappedStore(OutputLayout(planted), "text", budget=1 << 20).read_keys()
     for command in ("pair", "train", "publish"):
         assert main([command, str(manifest(planted))]) == 1
         assert f"key '{taken}' is stored in" in capsys.readouterr().err
