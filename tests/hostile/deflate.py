@@ -46,24 +46,12 @@ def _square(mat: list[int]) -> list[int]:
 
 def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
     """CRC-32 of ``A + B`` from ``crc(A)``, ``crc(B)`` and ``len(B)`` (zlib's algorithm)."""
-    if len2 <= 0:
-        return crc1
-    odd = [POLY] + [1 << n for n in range(31)]
-    even = _square(odd)
-    odd = _square(even)
-    while True:
-        even = _square(odd)
+    mat = _square(_square([POLY] + [1 << n for n in range(31)]))  # the operator of 4 zero bits
+    while len2 > 0:
+        mat = _square(mat)  # of 1, 2, 4, ... zero bytes
         if len2 & 1:
-            crc1 = _times(even, crc1)
+            crc1 = _times(mat, crc1)
         len2 >>= 1
-        if not len2:
-            break
-        odd = _square(even)
-        if len2 & 1:
-            crc1 = _times(odd, crc1)
-        len2 >>= 1
-        if not len2:
-            break
     return crc1 ^ crc2
 
 

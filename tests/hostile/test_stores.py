@@ -51,10 +51,13 @@ def second_part(out: Path, modality: str = "audio") -> Path:
 
 
 def manifest(out: Path) -> Path:
-    mods = "".join(f'[modalities.{m}]\nencoder = "planted-{m}"\n' for m in DIMS)
+    """A manifest over the planted stores, for the CLI (pair and train read them; no shard is read)."""
+    lines = ["[dataset]", 'name = "planted"', 'shards = "unused-{0..1}.tar"', f'output = "{out}"']
+    for m in DIMS:
+        lines += [f"[modalities.{m}]", f'encoder = "planted-{m}"']
+    lines += ["[pair]", "k = 2", "[train]", "hidden = 16", "epochs = 1", "batch_size = 32"]
     path = out / "m.toml"
-    path.write_text(f'[dataset]\nname = "planted"\nshards = "unused-{{0..1}}.tar"\noutput = "{out}"\n{mods}'
-                    '[pair]\nk = 2\n[train]\nhidden = 16\nepochs = 1\nbatch_size = 32\n')
+    path.write_text("\n".join(lines) + "\n")
     return path
 
 
