@@ -55,9 +55,6 @@ class SkippedMember:
     name: str
     reason: str
 
-    def __str__(self) -> str:
-        return ""  # what a caller that expects the member's text (the json metadata) sees
-
 
 TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar")
 
