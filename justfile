@@ -22,6 +22,10 @@ precompute manifest=default_manifest *overrides:
 pair manifest=default_manifest *overrides:
     {{venv}}/bindery pair {{manifest}} {{overrides}}
 
+# BrokenBind: pseudo partners for two modalities that never co-occur -> <output>/bridge/<name>/
+bridge manifest=default_manifest *overrides:
+    {{venv}}/bindery bridge {{manifest}} {{overrides}}
+
 # train projection heads on the cached vectors
 train manifest=default_manifest *overrides:
     {{venv}}/bindery train {{manifest}} {{overrides}}
@@ -76,6 +80,10 @@ bench-data:
 # rebuild the shipped demo shards (byte-identical) -> data/demo/
 demo-data:
     {{venv}}/python -m pipeline.demo.build --out data/demo
+
+# BrokenBind on the real benchmark: image <-> sound through captions, every route (needs just bench-data)
+brokenbind *args:
+    {{venv}}/python -m bench.brokenbind {{args}}
 
 # retrieval quality on the real held-out benchmark: heads vs ridge vs chance (needs just bench-data)
 bench-quality *args:

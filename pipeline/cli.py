@@ -22,6 +22,7 @@ from pipeline.publish.verify import BundleError
 STAGES = {
     "precompute": ("pipeline.precompute.stage:run", "encode every shard's modalities into Parquet stores"),
     "pair": ("pipeline.pair.stage:run", "auto-pair items across modalities with nearest-neighbour search"),
+    "bridge": ("trainer.bridge.stage:run", "BrokenBind: pseudo partners for two modalities that never co-occur"),
     "train": ("trainer.train:run", "fit projection heads on the cached vectors"),
     "eval": ("trainer.eval.evaluate:run", "Recall@K, zero-shot and EShot metrics of a run"),
     "publish": ("pipeline.publish.stage:run", "write a self-describing dataset bundle"),

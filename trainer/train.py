@@ -29,6 +29,7 @@ from pipeline.core.layout import OutputLayout, RunLayout
 from pipeline.core.manifest import Manifest, TrainConfig
 from pipeline.core.store import atomic_write_text, store_fingerprint
 from trainer.batch import Batch
+from trainer.bridge import hooks as bridge
 from trainer.checks import check_rows, check_train
 from trainer.data.rows import CachedData, load
 from trainer.losses.registry import make_loss
@@ -76,6 +77,7 @@ def run_fingerprint(train: TrainConfig, layout: OutputLayout, data: CachedData) 
     digest.update(json.dumps(stores, sort_keys=True).encode())
     for arr in (rows.anchor, data.train_idx, *rows.partner.values(), *rows.weight.values(), *rows.bad.values()):
         digest.update(np.ascontiguousarray(arr).tobytes())
+    digest.update(getattr(data, "fingerprint", bytes)())  # a bridge run: the bridge it trains on
     return digest.hexdigest()
 
 
@@ -257,17 +259,24 @@ def summarize(tr: Trainer, resumed_from: int, progress: Progress, seconds: float
             "run_dir": str(tr.run.root)}
 
 
-def run(manifest: Manifest, stop_after_steps: int | None = None) -> dict[str, Any]:
+def run(manifest: Manifest, stop_after_steps: int | None = None, pivot_only: bool = False) -> dict[str, Any]:
     """Train ``[train]``'s heads; export them to the run's folder; return a summary.
 
-    ``stop_after_steps`` saves a checkpoint and stops early (used to test resuming).
+    ``stop_after_steps`` saves a checkpoint and stops early (used to test resuming). With ``train.bridge``
+    the emergent route is trained first (``pivot_only``), then the MOX heads (:mod:`trainer.bridge.hooks`).
     """
     t, layout = manifest.train, manifest.layout
     check_train(t, layout)
+    if t.bridge:
+        bridge.check(manifest)
+    emergent = run(bridge.emergent_manifest(manifest), pivot_only=True) if bridge.trains_emergent(
+        manifest, pivot_only) else None
     accelerator = make_accelerator(t, layout.run(t.run))
-    data = load(t, layout, accelerator.device)
+    data = bridge.load_data(manifest, accelerator.device, pivot_only) if t.bridge else load(t, layout, accelerator.device)
     check_rows(t, data)
     tr = setup(t, layout, accelerator, data)
+    if t.bridge:  # the loss state (a queue) stays the registered inner loss's
+        tr.loss_fn = bridge.wrap_loss(tr.loss_fn, manifest, data, pivot_only)
     resumed_from = resume(tr)
     start = time.perf_counter()
     progress = loop(tr, resumed_from, stop_after_steps)
@@ -277,6 +286,7 @@ def run(manifest: Manifest, stop_after_steps: int | None = None) -> dict[str, An
     seconds = time.perf_counter() - start
     accelerator.wait_for_everyone()
     summary = summarize(tr, resumed_from, progress, seconds)
+    summary |= bridge.summary(manifest, data, pivot_only, emergent) if t.bridge else {}
     if accelerator.is_main_process:
         export(tr.run.root, tr.binder, {"manifest": manifest.to_dict(), "train_summary": summary})
     finish(accelerator)

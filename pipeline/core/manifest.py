@@ -197,7 +197,12 @@ class BridgeConfig:
     ridge_lambda: float = 0.0  # ridge penalty of both transitions; 0 = chosen by k-fold CV on training items
     neighbors: int = 64  # other-set items the sample-space route combines per item; 0 = all (kernel form)
     memory_gb: float = 4.0  # memory budget of the sample-space route's blocks
+    folds: int = 5  # k of the k-fold cross-validation that picks ridge_lambda when it is 0
+    val_fraction: float = 0.1  # share of each set held out of the fit to report its R^2 in config.json
     seed: int = 0  # seeds the CV folds and the validation slice
+    cyclip_in_modal: float = 0.25  # train.bridge: CyCLIP in-modal weight between the two heads (CyCLIP: 0.25)
+    cyclip_cross_modal: float = 0.25  # train.bridge: CyCLIP cross-modal weight between the two heads (CyCLIP: 0.25)
+    emergent: bool = True  # train.bridge also trains the emergent route (pivot terms only, same rows) into runs/<run>-emergent/, eval's reference
     CHOICES: typing.ClassVar[dict[str, tuple[str, ...]]] = {"route": ("cross-modal", "cross-dataset", "both")}
 
 
@@ -484,6 +489,15 @@ def _check_bridge(m: Manifest) -> None:
     _non_negative("bridge.ridge_lambda", b.ridge_lambda, "chosen by cross-validation")
     _non_negative("bridge.neighbors", b.neighbors, "all")
     _positive("bridge.memory_gb", b.memory_gb)
+    if b.folds < 2:
+        raise ManifestError(f"bridge.folds: k-fold cross-validation needs at least 2 folds, got {b.folds}")
+    if not 0.0 < b.val_fraction < 1.0:
+        raise ManifestError(f"bridge.val_fraction: must be in (0, 1), got {b.val_fraction}")
+    for key in ("cyclip_in_modal", "cyclip_cross_modal"):
+        _non_negative(f"bridge.{key}", getattr(b, key))
+    if b.modalities and (len(b.modalities) != 2 or len(set(b.modalities)) != 2 or b.pivot in b.modalities):
+        raise ManifestError(f"bridge.modalities: {list(b.modalities)!r} must name two different modalities, "
+                            f"neither of them the pivot {b.pivot!r}; e.g. modalities = [\"image\", \"audio\"]")
 
 
 def _check_condense(m: Manifest) -> None:

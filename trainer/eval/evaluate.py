@@ -15,6 +15,7 @@ from typing import Any
 from pipeline.core.manifest import Manifest, ManifestError, TrainConfig, from_dict
 from pipeline.core.samples import sample_labels
 from pipeline.core.store import atomic_write_text
+from trainer.bridge.evaluate import bridge_section, is_mox_run
 from trainer.checks import check_eval_run, check_passthrough, run_config
 from trainer.eval.baselines import baselines
 from trainer.eval.retrieval import recall
@@ -49,6 +50,8 @@ def run(manifest: Manifest) -> dict[str, Any]:
     metrics["zero_shot"] = zero_shot(space, layout.classes, labels, e.split)
     metrics["eshot"] = eshot(space, e.eshot, labels, e.split)
     metrics["baselines"] = baselines(train, layout, space, e.split, e.ks, e.ridge_lambda)
+    if is_mox_run(space.config):  # a train.bridge run: a <-> c over the evaluation items
+        metrics["bridge"] = bridge_section(manifest, run_layout, space.config, e.ks)
     atomic_write_text(run_layout.metrics, json.dumps(metrics, indent=2))  # readers never see half a file
     log.info("metrics of %s written to %s", run_layout.root.name, run_layout.metrics)
     return metrics
