@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.core.manifest import Manifest, ManifestError
+from pipeline.core.layout import OutputLayout
+from pipeline.core.manifest import ManifestError, TrainConfig
 from pipeline.core.store import read_store, store_fingerprint
 from trainer.batch import Batch
 from trainer.bridge.splits import BridgeSplit, load_split
@@ -68,17 +69,16 @@ class BridgeData(CachedData):
         return self.bridge_signature.encode()
 
 
-def read_bridge_config(manifest: Manifest, name: str) -> dict[str, Any]:
-    path = manifest.layout.bridge(name).derived_config
+def read_bridge_config(layout: OutputLayout, name: str) -> dict[str, Any]:
+    path = layout.bridge(name).derived_config
     if not path.is_file():
         raise ManifestError(f"train.bridge: {name!r} has no finished bridge ({path} is missing); run "
                             f"`bindery bridge` with bridge.name = {name!r} first, or set train.bridge = \"\"")
     return json.loads(path.read_text())
 
 
-def check_bridge(manifest: Manifest, config: dict[str, Any]) -> tuple[str, str, str]:
+def check_bridge(t: TrainConfig, layout: OutputLayout, config: dict[str, Any]) -> tuple[str, str, str]:
     """``(pivot, a, c)`` of the bridge, after checking it fits ``[train]`` and the current stores."""
-    t = manifest.train
     pivot, (a, c) = config["pivot"], config["modalities"]
     if t.anchor != pivot:
         raise ManifestError(f"train.anchor: {t.anchor!r}, but bridge {t.bridge!r} goes through the pivot {pivot!r}; "
@@ -89,7 +89,7 @@ def check_bridge(manifest: Manifest, config: dict[str, Any]) -> tuple[str, str, 
     if t.in_memory == "stream":
         raise ManifestError("train.in_memory: a bridge run loads its stores whole; set it to \"auto\" or \"gpu\"")
     for m, recorded in config["stores"].items():
-        if store_fingerprint(manifest.output, m) != recorded:
+        if store_fingerprint(layout.root, m) != recorded:
             raise ManifestError(f"train.bridge: the {m!r} store changed since bridge {t.bridge!r} was made; "
                                 "rerun `bindery bridge`")
     return pivot, a, c
@@ -112,18 +112,18 @@ def bridge_rows(split: BridgeSplit, keys: dict[str, np.ndarray], pseudo_keys: di
     return rows, pseudo, split.training_keys()
 
 
-def load_bridge(manifest: Manifest, device: torch.device | str = "cpu", pseudo: bool = True) -> BridgeData:
+def load_bridge(t: TrainConfig, layout: OutputLayout, device: torch.device | str = "cpu",
+                pseudo: bool = True) -> BridgeData:
     """The rows and vectors of a ``train.bridge`` run (``pseudo=False``: the emergent route's)."""
-    t = manifest.train
-    config = read_bridge_config(manifest, t.bridge)
-    pivot, a, c = check_bridge(manifest, config)
-    split = load_split(manifest.output, pivot, a, c)
+    config = read_bridge_config(layout, t.bridge)
+    pivot, a, c = check_bridge(t, layout, config)
+    split = load_split(layout.root, pivot, a, c)
     if split.sizes() != config["sizes"]:  # pragma: no cover - caught by the store fingerprints first
         raise ManifestError(f"train.bridge: the split changed since bridge {t.bridge!r} was made; rerun `bindery bridge`")
     dev = torch.device(device)
     where = dev if dev.type == "cuda" else torch.device("cpu")
-    stores = {m: read_store(manifest.output, m) for m in (pivot, a, c)}
-    bridge = manifest.layout.bridge(t.bridge).root
+    stores = {m: read_store(layout.root, m) for m in (pivot, a, c)}
+    bridge = layout.bridge(t.bridge).root
     made = {m: read_store(bridge, m) for m in (a, c)}
     rows, pseudo_index, row_keys = bridge_rows(split, {m: s.keys for m, s in stores.items()},
                                                {m: s.keys for m, s in made.items()})

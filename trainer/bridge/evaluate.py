@@ -117,7 +117,7 @@ def bridge_section(manifest: Manifest, run: RunLayout, run_config: dict[str, Any
     """The ``bridge`` section for ``run`` (trained with ``train.bridge``)."""
     train = run_config.get("manifest", {}).get("train", {})
     name, run_name = train["bridge"], train.get("run", run.root.name)
-    config = read_bridge_config(manifest, name)
+    config = read_bridge_config(manifest.layout, name)
     split = load_split(manifest.output, config["pivot"], *config["modalities"])
     stores = {m: read_store(manifest.output, m) for m in (split.pivot, split.a, split.c)}
     a_e, c_e = rows_of(stores[split.a], split.evaluation), rows_of(stores[split.c], split.evaluation)

@@ -31,7 +31,7 @@ def emergent_run(run: str) -> str:
 
 def check(manifest: Manifest) -> None:
     """``train.bridge`` against the bridge it names and the current stores (a ManifestError otherwise)."""
-    check_bridge(manifest, read_bridge_config(manifest, manifest.train.bridge))
+    check_bridge(manifest.train, manifest.layout, read_bridge_config(manifest.layout, manifest.train.bridge))
 
 
 def trains_emergent(manifest: Manifest, pivot_only: bool) -> bool:
@@ -44,7 +44,7 @@ def emergent_manifest(manifest: Manifest) -> Manifest:
 
 
 def load_data(manifest: Manifest, device: torch.device, pivot_only: bool) -> BridgeData:
-    return load_bridge(manifest, device, pseudo=not pivot_only)
+    return load_bridge(manifest.train, manifest.layout, device, pseudo=not pivot_only)
 
 
 def wrap_loss(loss_fn: nn.Module, manifest: Manifest, data: BridgeData, pivot_only: bool) -> nn.Module:

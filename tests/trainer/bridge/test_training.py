@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from pipeline.core.manifest import ManifestError
+from pipeline.core.store import write_embeddings
 from tests.trainer.bridge.conftest import bridge_manifest, numpy_ridge, unit
 from trainer import train
 from trainer.bridge import stage
@@ -40,7 +41,7 @@ def test_evaluation_items_never_reach_a_training_row(planted_bridge):
     stage.run(manifest)
     evaluation = set(pl.keys[pl.evaluation])
     for pseudo in (True, False):
-        data = load_bridge(manifest, "cpu", pseudo=pseudo)
+        data = load_bridge(manifest.train, manifest.layout, "cpu", pseudo=pseudo)
         used = row_keys(data)
         assert used and not used & evaluation
         assert len(data.rows) == 800 and 40 < len(data.val_idx) < 120  # D1 + D2 rows, 10 % held out
@@ -119,6 +120,15 @@ def test_train_bridge_refuses_a_missing_or_mismatched_bridge(planted_bridge):
         train.run(bridge_manifest(pl.output))  # no `bindery bridge` yet
     stage.run(bridge_manifest(pl.output))
     with pytest.raises(ManifestError, match="train.anchor"):
-        load_bridge(bridge_manifest(pl.output, anchor="image", modalities=["audio"]))
+        train.run(bridge_manifest(pl.output, anchor="image", modalities=["audio"]))
     with pytest.raises(ManifestError, match="train.in_memory"):
-        load_bridge(bridge_manifest(pl.output, in_memory="stream"))
+        train.run(bridge_manifest(pl.output, in_memory="stream"))
+    with pytest.raises(ManifestError, match="train.modalities"):
+        train.run(bridge_manifest(pl.output, modalities=["image"]))
+    assert not bridge_manifest(pl.output).layout.run("default").root.exists()  # refused before any work
+    layout = bridge_manifest(pl.output).layout
+    part = sorted(layout.embeddings("audio").glob("part-*.parquet"))[0]
+    write_embeddings(part, ["k00400"], pl.vectors["audio"][400:401], dtype="float32",
+                     metadata={"encoder": "planted-audio", "dim": 24, "normalized": True, "dtype": "float32"})
+    with pytest.raises(ManifestError, match="the 'audio' store changed"):
+        train.run(bridge_manifest(pl.output))
