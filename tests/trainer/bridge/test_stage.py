@@ -4,6 +4,7 @@ vectors come to the withheld true ones."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -76,21 +77,12 @@ def test_bad_bridge_keys_are_manifest_errors(planted_bridge):
         stage.run(bridge_manifest(pl.output, {"name": "../x"}))
 
 
-def test_cli_runs_the_bridge_stage(planted_bridge, tmp_path, capsys):
+def test_cli_runs_the_bridge_stage_from_the_shipped_manifest(planted_bridge, capsys):
+    """manifests/brokenbind.toml with its output pointed at the planted stores."""
     assert STAGES["bridge"][0] == "trainer.bridge.stage:run"
-    pl = planted_bridge
-    manifest = tmp_path / "m.toml"
-    manifest.write_text(f"""
-[dataset]
-name = "planted"
-shards = "unused-{{0..1}}.tar"
-output = "{pl.output}"
-[modalities.text]
-encoder = "x"
-[bridge]
-modalities = ["image", "audio"]
-route = "cross-modal"
-""")
-    assert cli_main(["bridge", str(manifest), "--set", "bridge.name=viacli"]) == 0
-    assert json.loads(capsys.readouterr().out)["sizes"]["d1"] == 400
-    assert cli_main(["bridge", str(manifest), "--set", "bridge.folds=0"]) == 2
+    manifest = str(Path(__file__).resolve().parents[3] / "manifests" / "brokenbind.toml")
+    common = ["--set", f"dataset.output={planted_bridge.output}", "--set", "bridge.route=cross-modal"]
+    assert cli_main(["bridge", manifest, *common, "--set", "bridge.name=viacli"]) == 0
+    assert json.loads(capsys.readouterr().out)["sizes"] == {"d1": 400, "d2": 400, "evaluation": 200}
+    assert cli_main(["bridge", manifest, *common, "--set", "bridge.folds=0"]) == 2
+    assert "bridge.folds" in capsys.readouterr().err
