@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dim", type=int, default=1024)
     parser.add_argument("--route", default="cross-modal", choices=("cross-modal", "cross-dataset"))
     parser.add_argument("--neighbors", type=int, default=64, help="0 = every other-set item (kernel form)")
-    parser.add_argument("--memory-gb", type=float, default=4.0, help="bridge.memory_gb")
+    parser.add_argument("--memory-gb", type=float, default=2.0, help="bridge.memory_gb")
     parser.add_argument("--scaling", action="store_true", help="run the README's configurations, one process each")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)

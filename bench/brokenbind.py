@@ -7,7 +7,8 @@ D2. For each MOX route (cross-modal, cross-dataset, both) this runs, through the
 ``train.bridge`` (run ``brokenbind-<route>``, which also trains its emergent route) and
 ``bindery eval``; then it prints image->audio and audio->image R@1/5/10 and EShot top-1/top-5 for
 MOX (each route), the emergent route, the ridge composition ``a -> p -> c`` and chance, from the
-runs' ``metrics.json`` ``bridge`` sections.
+runs' ``metrics.json`` ``bridge`` sections, and :func:`transfer_check` (does D2's caption -> sound
+relation hold for the evaluation items at all?).
 
     python -m bench.brokenbind [--device cpu|cuda] [--epochs N]
 """
@@ -15,6 +16,7 @@ runs' ``metrics.json`` ``bridge`` sections.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -38,6 +40,46 @@ def cells(section: dict[str, Any]) -> dict[str, dict[str, float]]:
         row.update({k: round(float(v), 4) for k, v in r.get("eshot", {}).items() if k.startswith("top")})
         out[direction] = row
     return out
+
+
+def transfer_check(manifest) -> dict[str, Any]:
+    """Does the pivot -> c relation that D2 teaches hold for the evaluation items? A ridge map text -> c
+    fitted on D2 (the bridge's own lambda rule) applied to the evaluation captions: the centred cosine of
+    its output to the true c against a shuffled pairing, and caption -> c R@1/R@10. For reference the
+    same map fitted (5-fold) on the other evaluation items, which BrokenBind itself may never use."""
+    import numpy as np
+
+    from pipeline.core.store import read_store
+    from trainer.bridge.splits import load_split
+    from trainer.bridge.stage import rows_of, settings
+    from trainer.bridge.transitions import fit_linear
+
+    b = manifest.bridge
+    split = load_split(manifest.output, b.pivot, *b.modalities)
+    stores = {m: read_store(manifest.output, m) for m in (b.pivot, split.c)}
+    p2, c2 = rows_of(stores[b.pivot], split.d2), rows_of(stores[split.c], split.d2)
+    pe, ce = rows_of(stores[b.pivot], split.evaluation), rows_of(stores[split.c], split.evaluation)
+
+    def unit(x):
+        x = np.asarray(x, np.float64)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    def recall(pred, k):
+        sims = unit(pred) @ unit(ce).T
+        return float(((sims > np.diag(sims)[:, None]).sum(1) < k).mean())
+
+    pred = fit_linear(p2, c2, settings(b))[0](pe)
+    mean = np.asarray(c2, np.float64).mean(0)
+    centred = (unit(pred - mean) * unit(ce - mean)).sum(1)
+    shuffled = (unit(pred - mean) * unit(np.roll(ce, 1, axis=0) - mean)).sum(1)
+    folds, ref = np.arange(len(pe)) % 5, np.zeros_like(pred)
+    for f in range(5):
+        ref[folds == f] = fit_linear(pe[folds != f], ce[folds != f], dataclasses.replace(settings(b), folds=3))[0](
+            pe[folds == f])
+    return {"d2_fit": {"centred_cosine_true": round(float(centred.mean()), 3),
+                       "centred_cosine_shuffled": round(float(shuffled.mean()), 3),
+                       "R@1": round(recall(pred, 1), 3), "R@10": round(recall(pred, 10), 3)},
+            "evaluation_items_fit_5fold": {"R@1": round(recall(ref, 1), 3), "R@10": round(recall(ref, 10), 3)}}
 
 
 def measure(device: str, epochs: int | None) -> dict[str, Any]:
@@ -70,7 +112,7 @@ def measure(device: str, epochs: int | None) -> dict[str, Any]:
         if method in last:
             table[method] = cells(last[method])
     return {"manifest": str(MANIFEST.relative_to(ROOT)), "items": last["items"], "sizes": last["sizes"],
-            "table": table, "seconds": seconds}
+            "table": table, "transfer": transfer_check(m), "seconds": seconds}
 
 
 def markdown(results: dict[str, Any]) -> str:
