@@ -5,7 +5,9 @@ hold them); the target is a noisy signed permutation of the pivot (a linear map 
 make). One *run* fits both directions of one route exactly as ``bindery bridge`` does (lambda by
 5-fold CV, R^2 on a validation slice, the whole-set refit, the pseudo vectors): pseudo ``c`` for side
 1 from side 2 and pseudo ``a`` for side 2 from side 1. It runs in a fresh process so that its peak
-resident memory (``ru_maxrss``) is its own; the input arrays are counted in it.
+resident memory (``ru_maxrss``) is its own; the input arrays are counted in it. Wall and CPU seconds
+are both reported: on a shared machine the CPU seconds of a one-thread run (``OMP_NUM_THREADS=1``)
+are what an idle core would take.
 
     python -m bench.bridge --n 1000000 --route cross-modal          # one configuration
     python -m bench.bridge --scaling                                 # the table for the README
@@ -25,6 +27,7 @@ import sys
 import time
 
 import numpy as np
+import torch
 
 SCALING = [("cross-modal", 0, 1_000_000), ("cross-dataset", 64, 10_000), ("cross-dataset", 64, 30_000),
            ("cross-dataset", 64, 100_000)]
@@ -58,17 +61,19 @@ def one(n: int, dim: int, route: str, neighbors: int, memory_gb: float) -> dict:
     p2, c2 = side(n, dim, 2)
     made = time.perf_counter() - start
     s = FitSettings(neighbors=neighbors, memory_gb=memory_gb)
-    seconds, quality = {}, {}
+    seconds, cpu, quality = {}, {}, {}
     for name, pair in (("c_for_1", Pairing(p2, c2, p1)), ("a_for_2", Pairing(p1, a1, p2))):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         pseudo, fit = FITS[route](pair, s)
         seconds[name] = round(time.perf_counter() - start, 1)
+        cpu[name] = round(time.process_time() - start_cpu, 1)
         summary = fit.summary(pair.bank_targets[fit.val_rows])
         quality[name] = {k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items()
                          if k in ("r2_val", "cosine_val", "lambda", "engine", "seconds")}
         del pseudo
     return {"n_per_side": n, "dim": dim, "route": route, "neighbors": neighbors, "memory_gb": memory_gb,
-            "seconds": seconds, "seconds_total": round(sum(seconds.values()), 1), "data_s": round(made, 1),
+            "seconds": seconds, "seconds_total": round(sum(seconds.values()), 1), "cpu_s": cpu,
+            "cpu_s_total": round(sum(cpu.values()), 1), "threads": torch.get_num_threads(), "data_s": round(made, 1),
             "peak_rss_gb": round(peak_gb(), 2), "quality": quality}
 
 
@@ -84,12 +89,12 @@ def scaling(dim: int, memory_gb: float) -> list[dict]:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| route | k | n per side x dim | seconds (both directions) | us per item | peak RSS GB | R^2 val |",
-             "|---|---:|---|---:|---:|---:|---:|"]
+    lines = ["| route | k | n per side x dim | wall s (both directions) | CPU s | CPU us per item | peak RSS GB | R^2 val |",
+             "|---|---:|---|---:|---:|---:|---:|---:|"]
     for r in rows:
-        per_item = 1e6 * r["seconds_total"] / (2 * r["n_per_side"])
+        per_item = 1e6 * r["cpu_s_total"] / (2 * r["n_per_side"])
         lines.append(f"| {r['route']} | {r['neighbors']} | {r['n_per_side']:,} x {r['dim']} | {r['seconds_total']} | "
-                     f"{per_item:.0f} | {r['peak_rss_gb']} | {r['quality']['c_for_1']['r2_val']} |")
+                     f"{r['cpu_s_total']} | {per_item:.0f} | {r['peak_rss_gb']} | {r['quality']['c_for_1']['r2_val']} |")
     return "\n".join(lines) + "\n"
 
 
