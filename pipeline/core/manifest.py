@@ -47,6 +47,9 @@ class ModalityConfig:
     encoder: str  # registered name (built-in or a `bindery.encoders` entry point), `hf:<repo-or-path>`, or `module:function` (needs precompute.trust_code)
     batch_size: int = 64  # samples per encoder call
     dtype: str = "float16"  # storage dtype of the embeddings
+    normalize: bool = True  # L2-normalise the encoder's features before storing (EBind's points: false)
+    scale: float = 1.0  # fixed factor applied after normalising (EBind's audio: 20)
+    weights: str = ""  # "" = the encoder's own source (its package, or the hub when reachable); a local file or folder; or "random" (recorded in the store, refused by publish)
     CHOICES: typing.ClassVar[dict[str, tuple[str, ...]]] = {"dtype": ("float16", "float32")}
 
 
@@ -418,6 +421,7 @@ def _check_modalities(m: Manifest) -> None:
         for fname in ("frames", "points", "views", "seconds", "max_pixels", "max_points", "max_seconds", "max_chars"):
             if hasattr(mod, fname):
                 _positive(f"modalities.{name}.{fname}", getattr(mod, fname))
+        _positive(f"modalities.{name}.scale", mod.scale)
         if isinstance(mod, AudioConfig) and mod.sample_rate < 0:
             raise ManifestError(f"modalities.{name}.sample_rate: must be >= 0 (0 = the encoder's rate)")
 
@@ -578,7 +582,10 @@ def from_dict(raw: dict[str, Any], base: Path | None = None, path: str = "") -> 
     for name, table in mods_raw.items():
         if name not in MODALITY_SECTIONS:
             raise ManifestError(f"modalities.{name}: unknown modality; use one of {', '.join(MODALITIES)}")
-        modalities[name] = _build(MODALITY_SECTIONS[name], table, f"modalities.{name}")
+        mod = _build(MODALITY_SECTIONS[name], table, f"modalities.{name}")
+        if mod.weights not in ("", "random"):  # a local file or folder, relative to the manifest
+            mod = dataclasses.replace(mod, weights=_resolve_path(mod.weights, base))
+        modalities[name] = mod
     ds = sections["dataset"]
     ds = dataclasses.replace(ds, shards=_resolve_path(ds.shards, base), output=_resolve_path(ds.output, base))
     sections["dataset"] = ds
