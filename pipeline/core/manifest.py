@@ -74,6 +74,7 @@ class VideoConfig(ModalityConfig):
 @dataclass(frozen=True)
 class AudioConfig(ModalityConfig):
     seconds: float = 10.0  # clip length fed to the encoder (longer audio is centre-cropped)
+    pad: bool = True  # zero-pad shorter audio to `seconds`; false = keep its length (ImageBind spreads its clips over the real duration)
     sample_rate: int = 0  # 0 = the encoder's own rate
     max_seconds: float = 3600.0  # longer recordings are a status row
 
@@ -158,7 +159,7 @@ class TrainConfig:
     precision: str = "no"  # accelerate mixed precision: no | bf16 | fp16
     use_quintuples: bool = True  # train on pairs/quintuples.parquet when present
     use_captions: bool = True  # train on items whose own caption is in the anchor store
-    triples: str = ""  # path of a human-rated triples table; "" = none
+    triples: str = ""  # human-rated triples: a Parquet table (query_key, modality, target_key, label) or E-MM1's triplets.csv; "" = none
     partial: str = "drop"  # how `partial` triples count: drop | soft
     partial_weight: float = 0.5  # soft target weight of a partial match
     hard_negatives: int = 0  # in-batch hard negatives mined per row; 0 = off
@@ -171,6 +172,7 @@ class TrainConfig:
     memory_gb: float = 0.0  # memory the cached vectors may take (whole, or stream cache); 0 = 60 % of free GPU memory on CUDA, 50 % of available RAM on CPU
     checkpoint_every: int = 0  # save_state every N steps; 0 = at an epoch's end if the last save is > 2 min old
     bridge: str = ""  # a `bindery bridge` output under <output>/bridge/ whose pseudo partners to train on; "" = none
+    export_ebind: bool = False  # also write runs/<run>/ebind-heads.safetensors in EBind's layout (projectors.<m>.net.<i>.*)
     CHOICES: typing.ClassVar[dict[str, tuple[str, ...]]] = {
         "precision": ("no", "bf16", "fp16"),
         "partial": ("drop", "soft"),
@@ -255,6 +257,8 @@ class PublishConfig:
     repo_id: str = ""  # Hugging Face dataset repo to upload to; "" = no upload
     private: bool = True  # create the repo private
     verify: bool = True  # re-check the finished bundle (reads every file again) before it is moved into place
+    emm1: bool = False  # also write the pairs in E-MM1's layout: emm1/nn_<k>/data_groups.csv + emm1/infos/<m>.csv
+    allow_random_weights: bool = False  # publish stores made with weights = "random" (refused by default)
 
 
 @dataclass(frozen=True)
