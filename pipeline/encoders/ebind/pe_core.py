@@ -57,10 +57,17 @@ def _load(model: torch.nn.Module, path: Path) -> None:
     model.load_ckpt(str(path))  # ebind's loader: the visual.* or the text entries of the one checkpoint
 
 
+# image and video of one run share the vision tower (one copy in memory): keyed by the weights setting
+_VISION: dict[str, tuple[torch.nn.Module, str]] = {}
+
+
 def _vision(modality: str, config: Any, transform: ImageTransform) -> BackboneEncoder:
     pe, cfg = ebind_module("models.perception_encoder.pe"), ebind_module("models.perception_encoder.config")
     vision = cfg.PE_VISION_CONFIG[CONFIG]
-    model, weights = build_backbone(modality, config, HUB, lambda: pe.VisionTransformer(**asdict(vision)), _load)
+    setting = getattr(config, "weights", "")
+    if setting not in _VISION:
+        _VISION[setting] = build_backbone(modality, config, HUB, lambda: pe.VisionTransformer(**asdict(vision)), _load)
+    model, weights = _VISION[setting]
     info = {"model": f"{CONFIG} vision (ebind.models.perception_encoder)", **transform.info()}
     return BackboneEncoder("image", config.encoder, model, PixelsPreprocessor(transform), vision.output_dim,
                            weights, info)
