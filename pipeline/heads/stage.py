@@ -15,6 +15,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from pipeline.core.ebind_heads import FORMAT, HeadsLayoutError, read_ebind_heads
 from pipeline.core.hashing import file_sha256
 from pipeline.core.heads_file import save_heads
@@ -72,6 +74,7 @@ def run(manifest: Manifest, path: str, run: str = DEFAULT_RUN) -> dict[str, Any]
     save_heads(run_dir, heads, config, space=manifest.train.anchor)
     params = sum(p.numel() for h in heads.values() for p in h.parameters())
     log.info("imported %d EBind head(s) (%s, %d parameters) into %s", len(heads), ", ".join(heads), params, run_dir)
-    return {"run": run, "run_dir": str(run_dir), "heads": {m: [[l.in_features, l.out_features] for l in h
-                                                               if hasattr(l, "in_features")] for m, h in heads.items()},
-            "parameters": params, "anchor": manifest.train.anchor}
+    layers = {m: [[layer.in_features, layer.out_features] for layer in h if isinstance(layer, torch.nn.Linear)]
+              for m, h in heads.items()}
+    return {"run": run, "run_dir": str(run_dir), "heads": layers, "parameters": params,
+            "anchor": manifest.train.anchor}

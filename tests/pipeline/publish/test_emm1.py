@@ -4,10 +4,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.publish import stage as publish
 from pipeline.core.layout import BundleLayout, part_name
 from pipeline.core.manifest import ManifestError, from_dict
 from pipeline.core.store import atomic_write_table, write_embeddings
+from pipeline.publish import stage as publish
 from pipeline.publish.emm1 import write_emm1
 
 NEIGHBOR_SCHEMA = pa.schema([("query_key", pa.string()), ("modality", pa.string()), ("rank", pa.int32()),
