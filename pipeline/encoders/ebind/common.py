@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from pipeline.encoders.base import Batch, Encoder
+from pipeline.encoders.base import Batch, Encoder, EncoderError
 from pipeline.encoders.weights import RANDOM, HubFile, resolve, seeded
 
 INPUT = "input"  # the batch entry every backbone here takes
@@ -43,4 +43,8 @@ def build_backbone(modality: str, config: Any, hub: HubFile, make: Callable[[], 
         model = make()
     if path is not None:
         load(model, path)
+    bad = [n for n, t in model.named_parameters() if not torch.isfinite(t).all()]
+    if bad:  # uninitialised tensors of a random build, or a damaged checkpoint
+        raise EncoderError(f"modalities.{modality}.weights: {config.encoder} has non-finite weights in "
+                           f"{', '.join(bad[:5])}{'...' if len(bad) > 5 else ''}")
     return model.eval().requires_grad_(False), RANDOM if path is None else str(path)

@@ -73,11 +73,25 @@ def _vision(modality: str, config: Any, transform: ImageTransform) -> BackboneEn
                            weights, info)
 
 
+def initialised_text_tower(pe: Any, text: Any) -> torch.nn.Module:
+    """ebind's ``TextTransformer``, its tensors initialised. ebind leaves the positional embedding, the
+    projection and the attention weights as ``torch.empty`` (a checkpoint overwrites them; random weights
+    must not be uninitialised memory): the vision tower's ``init_tensors`` walk, then CLIP's normal inits."""
+    model = pe.TextTransformer(**asdict(text))
+    for module in model.modules():
+        if module is not model and hasattr(module, "init_tensors"):
+            module.init_tensors()
+    torch.nn.init.normal_(model.positional_embedding, std=0.01)
+    if isinstance(model.text_projection, torch.nn.Parameter):
+        torch.nn.init.normal_(model.text_projection, std=text.width ** -0.5)
+    return model
+
+
 def _text(config: Any) -> BackboneEncoder:
     pe, cfg = ebind_module("models.perception_encoder.pe"), ebind_module("models.perception_encoder.config")
     tokenizer = ebind_module("models.perception_encoder.tokenizer")
     text = cfg.PE_TEXT_CONFIG[CONFIG]
-    model, weights = build_backbone("text", config, HUB, lambda: pe.TextTransformer(**asdict(text)), _load)
+    model, weights = build_backbone("text", config, HUB, lambda: initialised_text_tower(pe, text), _load)
     pre = TokensPreprocessor(tokenizer.SimpleTokenizer(context_length=text.context_length))
     info = {"model": f"{CONFIG} text (ebind.models.perception_encoder)", "context_length": text.context_length}
     return BackboneEncoder("text", config.encoder, model, pre, text.output_dim, weights, info)

@@ -55,6 +55,10 @@ def test_pe_core_text_random_and_from_its_checkpoint(tmp_path):
     assert text.dim == 1024
     batch = text.preprocessor()(["a dog barks", "rain on a tin roof"])
     assert batch["input"].shape == (2, 32)
+    with torch.no_grad():
+        out = text.encode(batch)
+    assert torch.isfinite(out).all() and (out.norm(dim=-1) > 0).all()  # no uninitialised tensors
+    assert all(torch.isfinite(t).all() for t in text.model.parameters())
     state = {k: v * 0.5 for k, v in text.model.state_dict().items()}
     torch.save({**state, "visual.proj": torch.zeros(2)}, tmp_path / "PE-Core-L14-336.pt")
     loaded = build_encoder("text", TextConfig(encoder="pe-core-l14-336", weights=str(tmp_path)))
