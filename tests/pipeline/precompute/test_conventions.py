@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.core.manifest import ManifestError, load
+from pipeline.core.manifest import ManifestError, from_dict
 from pipeline.core.store import read_store
 from pipeline.encoders.base import Encoder, EncoderError
 from pipeline.precompute.stage import run
@@ -41,28 +41,17 @@ def no_weights_key(modality, config):
     return NoWeightsKey()
 
 
-def manifest(tmp_path, shards, keys, encoder="length_text"):
-    path = tmp_path / "m.toml"
-    path.write_text(f"""
-[dataset]
-name = "c"
-shards = "{shards}"
-output = "{tmp_path / 'out'}"
-[modalities.text]
-encoder = "tests.pipeline.precompute.test_conventions:{encoder}"
-dtype = "float32"
-{keys}
-[precompute]
-device = "cpu"
-num_workers = 0
-""")
-    return load(path)
+def manifest(tmp_path, shards, keys: dict, encoder="length_text"):
+    return from_dict({"dataset": {"name": "c", "shards": shards, "output": str(tmp_path / "out")},
+                      "modalities": {"text": {"encoder": f"tests.pipeline.precompute.test_conventions:{encoder}",
+                                              "dtype": "float32", **keys}},
+                      "precompute": {"device": "cpu", "num_workers": 0}})
 
 
-@pytest.mark.parametrize("keys,normalized,scale", [("normalize = false", False, 1.0), ("scale = 20.0", True, 20.0)])
+@pytest.mark.parametrize("keys,normalized,scale", [({"normalize": False}, False, 1.0), ({"scale": 20.0}, True, 20.0)])
 def test_stored_vectors_follow_the_convention(tiny_shards, tmp_path, keys, normalized, scale):
     one = tiny_shards["pattern"].replace("{000000..000003}", "000000")
-    run(manifest(tmp_path, one, f'{keys}\nweights = "random"'))
+    run(manifest(tmp_path, one, {**keys, "weights": "random"}))
     store = read_store(tmp_path / "out", "text")
     assert store.metadata["normalized"] is normalized and store.metadata["scale"] == scale
     assert store.metadata["weights"] == "random"
@@ -77,14 +66,14 @@ def test_stored_vectors_follow_the_convention(tiny_shards, tmp_path, keys, norma
 
 def test_a_changed_convention_never_mixes_a_store(tiny_shards, tmp_path):
     one = tiny_shards["pattern"].replace("{000000..000003}", "000000")
-    run(manifest(tmp_path, one, "scale = 2.0"))
+    run(manifest(tmp_path, one, {"scale": 2.0}))
     with pytest.raises(ManifestError, match="scale 2.0 -> 3.0"):
-        run(manifest(tmp_path, one, "scale = 3.0"))
+        run(manifest(tmp_path, one, {"scale": 3.0}))
 
 
 def test_weights_key_on_an_encoder_without_one_is_refused(tiny_shards, tmp_path):
     one = tiny_shards["pattern"].replace("{000000..000003}", "000000")
     with pytest.raises(EncoderError, match="has no weights key"):
-        run(manifest(tmp_path, one, 'weights = "random"', encoder="no_weights_key"))
+        run(manifest(tmp_path, one, {"weights": "random"}, encoder="no_weights_key"))
     with pytest.raises(ManifestError, match="scale: must be > 0"):
-        manifest(tmp_path, one, "scale = 0.0")
+        manifest(tmp_path, one, {"scale": 0.0})
