@@ -45,7 +45,7 @@ def manifest(tmp_path, shards, keys: dict, encoder="length_text"):
     return from_dict({"dataset": {"name": "c", "shards": shards, "output": str(tmp_path / "out")},
                       "modalities": {"text": {"encoder": f"tests.pipeline.precompute.test_conventions:{encoder}",
                                               "dtype": "float32", **keys}},
-                      "precompute": {"device": "cpu", "num_workers": 0}})
+                      "precompute": {"device": "cpu", "num_workers": 0, "trust_code": True}})
 
 
 @pytest.mark.parametrize("keys,normalized,scale", [({"normalize": False}, False, 1.0), ({"scale": 20.0}, True, 20.0)])

@@ -36,7 +36,7 @@ def build(tmp_path, weights="real", **publish_keys):
 def test_tables_are_in_emm1s_exact_layout(tmp_path):
     manifest = build(tmp_path)
     root = tmp_path / "root"
-    summary = write_emm1(manifest, root)
+    summary = write_emm1(manifest.layout, root, manifest.pair.query)
     assert summary == {"folder": "emm1", "k": [1, 2], "infos": ["audio", "image", "text"]}
     read = lambda rel: (root / rel).read_text().splitlines()  # noqa: E731
     # ids are the row numbers of the sorted keys; a missing neighbour is an empty cell
