@@ -85,6 +85,12 @@ demo-data:
 brokenbind *args:
     {{venv}}/python -m bench.brokenbind {{args}}
 
+# EBind's five backbones (PE-Core-L14-336, ImageBind-huge audio, Uni3D-g) with random weights on a
+# few demo samples, on the CPU: checks the architectures and conventions end to end (minutes)
+ebind-smoke:
+    {{venv}}/python -m pipeline.demo.subset --per-modality 1 --out out/ebind-smoke/data/smoke-000000.tar
+    {{venv}}/bindery precompute manifests/ebind.toml --set dataset.shards=../out/ebind-smoke/data/smoke-000000.tar --set dataset.output=../out/ebind-smoke --set precompute.device=cpu --set modalities.points.points=2048 --set modalities.text.weights=random --set modalities.image.weights=random --set modalities.video.weights=random --set modalities.audio.weights=random --set modalities.points.weights=random
+
 # retrieval quality on the real held-out benchmark: heads vs ridge vs chance (needs just bench-data)
 bench-quality *args:
     {{venv}}/python -m bench.quality {{args}}

@@ -15,6 +15,8 @@ Rows: image at ViT-B/16@224 and ViT-L/14@336; text on a 24-layer x 1024 CLIP tex
 through the ViT-B/16 tower; points as 6 depth renders of ``.npy`` clouds through the ViT-B/16
 tower. Random weights, saved with ``save_pretrained`` and loaded through ``hf:`` (see
 :mod:`bench.precompute_data`). ``--small`` runs the same rows with tiny towers and inputs.
+EBind's backbones (PE-Core-L14-336, ImageBind-huge audio, Uni3D-g) run at their real sizes
+with ``weights = "random"``; with ``--small`` on small inputs (``EBIND_SMALL`` says which).
 ``python -m bench.precompute [--small] [--device cpu|cuda]``.
 """
 
@@ -69,6 +71,10 @@ class Row:
     batch_size: int
     options: dict[str, Any] = field(default_factory=dict)  # more [modalities.<m>] keys
     pool: int = 256  # distinct members made (and reused) for the shards
+    spec: str = ""  # a registered encoder instead of the hf: folder of MODELS[model] (EBind's backbones)
+
+
+RANDOM = {"weights": "random"}
 
 
 ROWS = {
@@ -81,6 +87,13 @@ ROWS = {
                              1024, 32, {"frames": 8}, pool=32),
     "points-vit-b16-224": Row("points", "vit-b16-224", "npy", partial(data.shape_npy, points=16384), 2048, 64,
                               {"points": 8192, "views": 6}, pool=64),
+    # EBind's backbones at their real sizes, random weights (GPU sizes)
+    "image-pe-core-l14-336": Row("image", "pe-core-l14-336", "jpg", partial(data.photo_jpeg, side=448), 2048, 128,
+                                 RANDOM, spec="pe-core-l14-336"),
+    "audio-imagebind-huge": Row("audio", "imagebind-huge-audio", "flac", partial(data.tone_flac, seconds=10.0), 2048,
+                                64, {**RANDOM, "seconds": 10.0, "pad": False}, pool=64, spec="imagebind-huge-audio"),
+    "points-uni3d-g": Row("points", "uni3d-g", "npy", partial(data.shape_npy, points=16384), 1024, 32,
+                          {**RANDOM, "points": 10000, "normalize": False}, pool=64, spec="uni3d-g"),
 }
 SMALL = {
     "image-vit-tiny-64": Row("image", "vit-tiny-64", "jpg", partial(data.photo_jpeg, side=96), 1024, 32),
@@ -91,6 +104,16 @@ SMALL = {
                              256, 8, {"frames": 8}, pool=16),
     "points-vit-tiny-64": Row("points", "vit-tiny-64", "npy", partial(data.shape_npy, points=4096), 256, 16,
                               {"points": 2048, "views": 6}, pool=32),
+}
+# EBind's backbones at their real sizes with small inputs, for the CPU: 8 photos of 224 px (PE-Core still
+# runs at 336), 16 two-second clips, 4 clouds of 1024 points (Uni3D still groups 512 x 64)
+EBIND_SMALL = {
+    "image-pe-core-l14-336": Row("image", "pe-core-l14-336", "jpg", partial(data.photo_jpeg, side=224), 8, 4,
+                                 RANDOM, pool=8, spec="pe-core-l14-336"),
+    "audio-imagebind-huge": Row("audio", "imagebind-huge-audio", "flac", partial(data.tone_flac, seconds=2.0), 16, 8,
+                                {**RANDOM, "seconds": 2.0, "pad": False}, pool=16, spec="imagebind-huge-audio"),
+    "points-uni3d-g": Row("points", "uni3d-g", "npy", partial(data.shape_npy, points=2048), 4, 2,
+                          {**RANDOM, "points": 1024, "normalize": False}, pool=4, spec="uni3d-g"),
 }
 
 
@@ -160,7 +183,8 @@ def measure_row(name: str, row: Row, model_dir: Path, device: torch.device, root
     pattern = data.write_shards(shards, row.ext, row.member, row.samples, row.pool)
     manifest = from_dict({
         "dataset": {"name": f"bench-{name}", "shards": pattern, "output": str(root / name / "out")},
-        "modalities": {row.modality: {"encoder": f"hf:{model_dir}", "batch_size": row.batch_size, **row.options}},
+        "modalities": {row.modality: {"encoder": row.spec or f"hf:{model_dir}", "batch_size": row.batch_size,
+                                      **row.options}},
         "precompute": {"device": str(device), "num_workers": workers, "precision": "bf16"},
     })
     cfg = manifest.modalities[row.modality]
@@ -191,7 +215,7 @@ def measure_row(name: str, row: Row, model_dir: Path, device: torch.device, root
             "write_s": summary["write_s"], "loop_s": loop, "num_workers": workers}
 
 
-def measure(small: bool, device: str) -> dict[str, Any]:
+def measure(small: bool, device: str, only: str = "") -> dict[str, Any]:
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
     workers = max(1, min(16, (os.cpu_count() or 2) - 1))
@@ -199,11 +223,14 @@ def measure(small: bool, device: str) -> dict[str, Any]:
     results: dict[str, Any] = {"device": str(dev)}
     with tempfile.TemporaryDirectory(prefix="bench-precompute-") as tmp:
         root, models = Path(tmp), {}
-        for name, row in (SMALL if small else ROWS).items():
-            if row.model not in models:
+        rows = {**SMALL, **EBIND_SMALL} if small else ROWS
+        for name, row in rows.items():
+            if only and only not in name:
+                continue
+            if not row.spec and row.model not in models:
                 models[row.model] = MODELS[row.model](root / "models" / row.model)
             log.info("precompute bench %s on %s", name, dev)
-            results[name] = measure_row(name, row, models[row.model], dev, root, workers, threads,
+            results[name] = measure_row(name, row, models.get(row.model), dev, root, workers, threads,
                                         seconds=2.0 if small else 5.0)
     torch.set_num_threads(threads)
     return results
@@ -217,14 +244,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="tiny towers and inputs: minutes on a CPU")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--only", default="", help="only rows whose name contains this, e.g. pe-core")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     start = time.perf_counter()
-    res = measure(args.small, args.device)
-    print(f"{'row':<22}{'batch':>6}{'bare/s':>10}{'e2e/s':>10}{'ratio':>7}{'bare GB':>9}{'e2e GB':>8}")
+    res = measure(args.small, args.device, args.only)
+    print(f"{'row':<24}{'batch':>6}{'bare/s':>10}{'e2e/s':>10}{'ratio':>7}{'bare GB':>9}{'e2e GB':>8}")
     for name, r in res.items():
         if isinstance(r, dict):
-            print(f"{name:<22}{r['batch_size']:>6}{r['bare_samples_per_s']:>10,.1f}{r['e2e_samples_per_s']:>10,.1f}"
+            print(f"{name:<24}{r['batch_size']:>6}{r['bare_samples_per_s']:>10,.1f}{r['e2e_samples_per_s']:>10,.1f}"
                   f"{r['ratio']:>7.2f}{_gb(r['bare_peak_gpu_gb'], 9)}{_gb(r['e2e_peak_gpu_gb'], 8)}")
     print(f"device {res['device']}, wall {time.perf_counter() - start:.0f} s")
     print(json.dumps(res, indent=2))

@@ -26,6 +26,7 @@ STAGES = {
     "train": ("trainer.train:run", "fit projection heads on the cached vectors"),
     "eval": ("trainer.eval.evaluate:run", "Recall@K, zero-shot and EShot metrics of a run"),
     "publish": ("pipeline.publish.stage:run", "write a self-describing dataset bundle"),
+    "import-heads": ("pipeline.heads.stage:run", "load EBind-layout heads (ebind-full safetensors) into a run"),
 }
 
 
@@ -44,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("manifest", nargs="?", help="manifest TOML (omit with --verify)")
             p.add_argument("--verify", metavar="DIR", help="re-check an existing bundle and name the first problem")
             p.add_argument("--upload", action="store_true", help="upload to publish.repo_id (needs HF_TOKEN)")
+        elif name == "import-heads":
+            p.add_argument("path", help="EBind-layout heads safetensors (projectors.<m>.net.<i>.*)")
+            p.add_argument("manifest", help="manifest TOML whose output folder gets the run")
+            p.add_argument("--run", default="ebind-full", help="run name under <output>/runs/ (default ebind-full)")
         else:
             p.add_argument("manifest", help="manifest TOML, e.g. manifests/demo.toml")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -76,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise ManifestError("manifest: required; pass a manifest TOML, e.g. manifests/demo.toml")
             manifest = load(args.manifest, args.overrides)
             kwargs = {"upload": args.upload} if args.command == "publish" else {}
+            if args.command == "import-heads":
+                kwargs = {"path": args.path, "run": args.run}
             result = _entry(STAGES[args.command][0])(manifest, **kwargs)
     except (ManifestError, EncoderError) as exc:
         print(f"bindery {args.command}: error: {exc}", file=sys.stderr)

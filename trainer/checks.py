@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 from pipeline.core.layout import OutputLayout, RunLayout
 from pipeline.core.manifest import EvalConfig, ManifestError, TrainConfig
 from pipeline.core.store import read_metadata, stored_modalities
+from trainer.data import emm1
 from trainer.data.rows import TRIPLE_COLUMNS, CachedData
 from trainer.data.stream import store_dim
 
@@ -43,10 +44,14 @@ def check_train(train: TrainConfig, layout: OutputLayout) -> None:
 
 
 def check_triples(path: str) -> None:
+    if emm1.is_triplets(path):
+        emm1.check_columns(path)
+        return
     try:
         names = pq.read_schema(path).names
     except FileNotFoundError:
-        raise ManifestError(f"train.triples: {path} not found; give a Parquet file or set it to \"\"") from None
+        raise ManifestError(f"train.triples: {path} not found; give a Parquet file, an E-MM1 triplets.csv, "
+                            "or set it to \"\"") from None
     missing = set(TRIPLE_COLUMNS) - set(names)
     if missing:
         raise ManifestError(f"train.triples: {path} lacks column(s) {sorted(missing)}; "

@@ -129,6 +129,11 @@ class RunLayout:
         return int(path.name.split("_")[1])
 
     @property
+    def ebind_heads(self) -> Path:
+        """The heads again in EBind's released layout (``train.export_ebind``)."""
+        return self.root / "ebind-heads.safetensors"
+
+    @property
     def log(self) -> Path:
         """The training log (``step,name,value`` rows)."""
         return self.root / "train_log.csv"
@@ -294,6 +299,16 @@ class BundleLayout:
     @staticmethod
     def provenance(name: str) -> str:
         return f"{BundleLayout.PROVENANCE}/{name}"
+
+    EMM1 = "emm1"  # the pairs in E-MM1's table layout (publish.emm1)
+
+    @staticmethod
+    def emm1_groups(k: int) -> str:
+        return f"emm1/nn_{k}/data_groups.csv"
+
+    @staticmethod
+    def emm1_info(modality: str) -> str:
+        return f"emm1/infos/{modality}.csv"
 
     def path(self, relative: str) -> Path:
         return self.root / relative

@@ -47,6 +47,9 @@ class ModalityConfig:
     encoder: str  # registered name (built-in or a `bindery.encoders` entry point), `hf:<repo-or-path>`, or `module:function` (needs precompute.trust_code)
     batch_size: int = 64  # samples per encoder call
     dtype: str = "float16"  # storage dtype of the embeddings
+    normalize: bool = True  # L2-normalise the encoder's features before storing (EBind's points: false)
+    scale: float = 1.0  # fixed factor applied after normalising (EBind's audio: 20)
+    weights: str = ""  # "" = the encoder's own source (its package, or the hub when reachable); a local file or folder; or "random" (recorded in the store, refused by publish)
     CHOICES: typing.ClassVar[dict[str, tuple[str, ...]]] = {"dtype": ("float16", "float32")}
 
 
@@ -71,6 +74,7 @@ class VideoConfig(ModalityConfig):
 @dataclass(frozen=True)
 class AudioConfig(ModalityConfig):
     seconds: float = 10.0  # clip length fed to the encoder (longer audio is centre-cropped)
+    pad: bool = True  # zero-pad shorter audio to `seconds`; false = keep its length (ImageBind spreads its clips over the real duration)
     sample_rate: int = 0  # 0 = the encoder's own rate
     max_seconds: float = 3600.0  # longer recordings are a status row
 
@@ -155,7 +159,7 @@ class TrainConfig:
     precision: str = "no"  # accelerate mixed precision: no | bf16 | fp16
     use_quintuples: bool = True  # train on pairs/quintuples.parquet when present
     use_captions: bool = True  # train on items whose own caption is in the anchor store
-    triples: str = ""  # path of a human-rated triples table; "" = none
+    triples: str = ""  # human-rated triples: a Parquet table (query_key, modality, target_key, label) or E-MM1's triplets.csv; "" = none
     partial: str = "drop"  # how `partial` triples count: drop | soft
     partial_weight: float = 0.5  # soft target weight of a partial match
     hard_negatives: int = 0  # in-batch hard negatives mined per row; 0 = off
@@ -168,6 +172,7 @@ class TrainConfig:
     memory_gb: float = 0.0  # memory the cached vectors may take (whole, or stream cache); 0 = 60 % of free GPU memory on CUDA, 50 % of available RAM on CPU
     checkpoint_every: int = 0  # save_state every N steps; 0 = at an epoch's end if the last save is > 2 min old
     bridge: str = ""  # a `bindery bridge` output under <output>/bridge/ whose pseudo partners to train on; "" = none
+    export_ebind: bool = False  # also write runs/<run>/ebind-heads.safetensors in EBind's layout (projectors.<m>.net.<i>.*)
     CHOICES: typing.ClassVar[dict[str, tuple[str, ...]]] = {
         "precision": ("no", "bf16", "fp16"),
         "partial": ("drop", "soft"),
@@ -257,6 +262,8 @@ class PublishConfig:
     repo_id: str = ""  # Hugging Face dataset repo to upload to; "" = no upload
     private: bool = True  # create the repo private
     verify: bool = True  # re-check the finished bundle (reads every file again) before it is moved into place
+    emm1: bool = False  # also write the pairs in E-MM1's layout: emm1/nn_<k>/data_groups.csv + emm1/infos/<m>.csv
+    allow_random_weights: bool = False  # publish stores made with weights = "random" (refused by default)
 
 
 @dataclass(frozen=True)
@@ -423,6 +430,7 @@ def _check_modalities(m: Manifest) -> None:
         for fname in ("frames", "points", "views", "seconds", "max_pixels", "max_points", "max_seconds", "max_chars"):
             if hasattr(mod, fname):
                 _positive(f"modalities.{name}.{fname}", getattr(mod, fname))
+        _positive(f"modalities.{name}.scale", mod.scale)
         if isinstance(mod, AudioConfig) and mod.sample_rate < 0:
             raise ManifestError(f"modalities.{name}.sample_rate: must be >= 0 (0 = the encoder's rate)")
 
@@ -592,7 +600,10 @@ def from_dict(raw: dict[str, Any], base: Path | None = None, path: str = "") -> 
     for name, table in mods_raw.items():
         if name not in MODALITY_SECTIONS:
             raise ManifestError(f"modalities.{name}: unknown modality; use one of {', '.join(MODALITIES)}")
-        modalities[name] = _build(MODALITY_SECTIONS[name], table, f"modalities.{name}")
+        mod = _build(MODALITY_SECTIONS[name], table, f"modalities.{name}")
+        if mod.weights not in ("", "random"):  # a local file or folder, relative to the manifest
+            mod = dataclasses.replace(mod, weights=_resolve_path(mod.weights, base))
+        modalities[name] = mod
     ds = sections["dataset"]
     ds = dataclasses.replace(ds, shards=_resolve_path(ds.shards, base), output=_resolve_path(ds.output, base))
     sections["dataset"] = ds

@@ -50,7 +50,7 @@ META_PREFIX = "bindery."
 # The store metadata that says which encoder made a store and what its vectors are: parts that
 # differ in any of these must never be mixed in one store, and a finished part is reused only
 # when all of them match the current encoder's.
-STORE_IDENTITY = ("encoder", "digest", "dim", "dtype", "normalized")
+STORE_IDENTITY = ("encoder", "digest", "dim", "dtype", "normalized", "scale")
 
 STATUS_SCHEMA = pa.schema([("key", pa.string()), ("status", pa.string()), ("error", pa.string())])
 
@@ -325,14 +325,19 @@ def read_status(output: str | Path, modality: str) -> pa.Table:
     return pa.concat_tables(tables)
 
 
+# what a part written before the output-convention keys existed holds
+_IDENTITY_DEFAULTS = {"normalized": True, "scale": 1.0}
+
+
 def store_identity(metadata: Mapping[str, Any]) -> dict[str, Any]:
     """The :data:`STORE_IDENTITY` fields of a store's metadata."""
-    return {k: metadata.get(k) for k in STORE_IDENTITY}
+    return {k: metadata.get(k, _IDENTITY_DEFAULTS.get(k)) for k in STORE_IDENTITY}
 
 
 def identity_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """``"field old -> new"`` for every identity field that differs (empty when one encoder made both)."""
-    return [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in STORE_IDENTITY if old.get(k) != new.get(k)]
+    a, b = store_identity(old), store_identity(new)
+    return [f"{k} {a[k]!r} -> {b[k]!r}" for k in STORE_IDENTITY if a[k] != b[k]]
 
 
 def store_fingerprint(output: str | Path, modality: str) -> dict[str, Any]:

@@ -5,7 +5,8 @@ An encoder is split in two so DataLoader workers never hold the model:
 * :meth:`Encoder.preprocessor` returns a small picklable callable that turns a list of
   decoded items into a batch (a dict of CPU tensors). It runs in the DataLoader workers.
 * :meth:`Encoder.encode` runs the frozen model on a batch already on the device and returns
-  unnormalised ``(B, dim)`` features. The runner L2-normalises and stores them.
+  unnormalised ``(B, dim)`` features. The runner applies the modality's output convention
+  (:mod:`pipeline.encoders.conventions`: L2-normalised by default) and stores them.
 
 Decoded items, per modality (what :mod:`pipeline.ingest.decode` yields and preprocessors take):
 

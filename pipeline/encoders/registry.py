@@ -33,6 +33,7 @@ ENTRY_POINT_GROUP = "bindery.encoders"
 
 # name -> "module:function", imported only when asked for (heavy imports stay lazy)
 _REGISTRY: dict[str, str | Factory] = {}
+_FAMILIES = {"hf:": "pipeline.encoders.hf:build", "open_clip:": "pipeline.encoders.open_clip:build"}
 
 
 def register(name: str, target: str | Factory) -> None:
@@ -85,8 +86,9 @@ def factory_for(spec: str, trust_code: bool = False, modality: str | None = None
     installed = _entry_points()
     if spec in installed:
         return _load_entry_point(installed[spec], what)
-    if spec.startswith("hf:"):
-        return _resolve("pipeline.encoders.hf:build", what)
+    for prefix, target in _FAMILIES.items():  # families named by a prefix: hf:<id>, open_clip:<arch>
+        if spec.startswith(prefix):
+            return _resolve(target, what)
     if ":" in spec:
         if not trust_code:
             raise EncoderError(
@@ -97,7 +99,8 @@ def factory_for(spec: str, trust_code: bool = False, modality: str | None = None
         return _resolve(spec, what)
     raise EncoderError(
         f"{key}: {spec!r} is not registered; use one of {', '.join(registered())}, "
-        "'hf:<repo-or-local-path>', or a plugin 'module:function' with precompute.trust_code = true")
+        "'hf:<repo-or-local-path>', 'open_clip:<arch>[@<pretrained>]', or a plugin 'module:function' "
+        "with precompute.trust_code = true")
 
 
 def build_encoder(modality: str, config: Any, trust_code: bool = False) -> Encoder:
@@ -119,3 +122,7 @@ register("mobilenet-v2", "pipeline.encoders.mobilenet:build")  # image, 1280-d, 
 register("minilm-l6", "pipeline.encoders.minilm:build")  # text, 384-d, all-MiniLM-L6-v2
 register("aisfx", "pipeline.encoders.aisfx:build")  # audio, 512-d, sound-effects CNN
 register("whisper-tiny", "pipeline.encoders.whisper:build")  # speech, 384-d, Whisper tiny.en encoder (CTranslate2)
+# EBind's own backbones (pip install 'bindery[ebind]'; weights from a local path or "random" offline)
+register("pe-core-l14-336", "pipeline.encoders.ebind.pe_core:build")  # image, text, video; 1024-d Perception Encoder
+register("imagebind-huge-audio", "pipeline.encoders.ebind.imagebind_audio:build")  # audio, 1024-d ImageBind-huge
+register("uni3d-g", "pipeline.encoders.ebind.uni3d:build")  # points, 1024-d Uni3D giant (EVA-g point transformer)

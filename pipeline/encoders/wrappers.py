@@ -104,7 +104,7 @@ def _image_config(config: Any) -> Any:
     """The image-tower view of a video/points section (only the shared keys matter to factories)."""
     from pipeline.core.manifest import ImageConfig
 
-    return ImageConfig(encoder=config.encoder, batch_size=config.batch_size, dtype=config.dtype)
+    return ImageConfig(encoder=config.encoder, batch_size=config.batch_size, dtype=config.dtype, weights=config.weights)
 
 
 def adapt(modality: str, config: Any, factory: Any) -> Encoder:

@@ -1,4 +1,4 @@
-"""The device side of precompute: one modality's frozen encoder, batches -> unit vectors."""
+"""The device side of precompute: one modality's frozen encoder, batches -> stored vectors (its output convention)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import torch
 
 from pipeline.core.manifest import ModalityConfig, PrecomputeConfig
 from pipeline.encoders.base import Batch, Encoder
+from pipeline.encoders.conventions import OutputConvention
+from pipeline.encoders.weights import weights_used
 from pipeline.precompute.loader import ModalityPlan
 
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -26,17 +28,18 @@ def pick_device(setting: str, state: Any) -> torch.device:
 
 
 class Encoding:
-    """One modality's encoder on the device: batches -> unit vectors (and the rows it could not encode)."""
+    """One modality's encoder on the device: batches -> stored vectors (and the rows it could not encode)."""
 
     def __init__(self, modality: str, encoder: Encoder, config: ModalityConfig, pc: PrecomputeConfig,
                  dataset: str, device: torch.device):
         self.modality, self.encoder, self.config, self.device = modality, encoder.to(device), config, device
-        self.dtype = config.dtype
+        self.dtype, self.convention = config.dtype, OutputConvention.of(config)
         self.autocast = AUTOCAST.get(pc.precision) if device.type == "cuda" else None
         self.forward = torch.compile(encoder.encode, dynamic=True) if pc.compile else encoder.encode
         self.metadata = _json_safe({
             "encoder": encoder.name, "digest": encoder.digest(), "dim": encoder.dim, "dtype": config.dtype,
-            "normalized": True, "modality": modality, "dataset": dataset,
+            **self.convention.metadata(), "weights": weights_used(modality, config, encoder), "modality": modality,
+            "dataset": dataset,
             "precision": pc.precision if self.autocast else "fp32", "device": device.type,
             "preprocessing": {**dataclasses.asdict(config), **encoder.provenance(),
                               **({"sample_rate": encoder.sample_rate} if encoder.sample_rate else {})},
@@ -48,16 +51,13 @@ class Encoding:
         return ModalityPlan(self.config, self.encoder.preprocessor(), rate)
 
     def __call__(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
-        """(unit vectors (B, dim) float32, finite mask (B,))."""
+        """(stored vectors (B, dim) float32, finite mask (B,))."""
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.autocast or torch.bfloat16,
                                                     enabled=self.autocast is not None):
             feats = self.forward(batch)
-        feats = feats.float()
-        norms = feats.norm(dim=-1, keepdim=True)
-        ok = torch.isfinite(feats).all(dim=-1) & (norms.squeeze(-1) > 0)
-        unit = feats / norms.clamp(min=1e-12)
-        return unit.cpu().numpy(), ok.cpu().numpy()
+        vectors, ok = self.convention.apply(feats)  # the modality's normalize / scale keys
+        return vectors.cpu().numpy(), ok.cpu().numpy()
 
     def texts(self, texts: list[str], batch_size: int) -> np.ndarray:
         pre = self.encoder.preprocessor()

@@ -107,6 +107,8 @@ class Bundle:
     pair_summary: dict[str, Any] = field(default_factory=dict)
     sources: list[SourceLicence] = field(default_factory=list)
     manifest: dict[str, Any] = field(default_factory=dict)
+    random_weights: list[str] = field(default_factory=list)  # stores encoded with weights = "random"
+    emm1: dict[str, Any] = field(default_factory=dict)  # the E-MM1-layout tables (publish.emm1), if written
     format: str = FORMAT
 
     def to_dict(self) -> dict[str, Any]:
@@ -115,7 +117,7 @@ class Bundle:
                 "indexes": {m: asdict(i) for m, i in self.indexes.items()}, "figures": list(self.figures),
                 "heads": asdict(self.heads) if self.heads else {}, "status": self.status,
                 "pair_summary": self.pair_summary, "sources": [asdict(s) for s in self.sources],
-                "manifest": self.manifest}
+                "manifest": self.manifest, "random_weights": list(self.random_weights), "emm1": self.emm1}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Bundle:
@@ -126,7 +128,8 @@ class Bundle:
                    figures=list(data.get("figures", [])), heads=HeadsSpec(**heads) if heads else None,
                    status=data.get("status", {}), pair_summary=data.get("pair_summary", {}),
                    sources=[SourceLicence(**s) for s in data.get("sources", [])],
-                   manifest=data.get("manifest", {}), format=data.get("format", FORMAT))
+                   manifest=data.get("manifest", {}), random_weights=list(data.get("random_weights", [])),
+                   emm1=data.get("emm1", {}), format=data.get("format", FORMAT))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, default=str)

@@ -35,7 +35,9 @@ from pipeline.core.samples import metadata_parts
 from pipeline.core.store import list_parts, read_metadata, read_status, stored_modalities, verify_store
 from pipeline.publish.bundle import FORMAT, Bundle, BundleError, HeadsSpec, IndexSpec, StoreInfo, TableSpec
 from pipeline.publish.card import feature_yaml, render_card, source_licences
+from pipeline.publish.emm1 import write_emm1
 from pipeline.publish.verify import verify, write_checksums
+from pipeline.publish.weights_check import check_weights, random_weight_stores
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +191,9 @@ def _build(layout: OutputLayout, root: Path, cfg: PublishConfig, dataset: Datase
         query=pairs.summary.get("query", query), tables=tables, indexes=pairs.indexes, figures=pairs.figures,
         heads=_add_heads(cfg.run, layout, bundle_root),
         status={m: _status_counts(layout, m) for m in stored_modalities(layout.root)},
-        pair_summary=pairs.summary, sources=source_licences(layout, dataset.license), manifest=manifest_record)
+        pair_summary=pairs.summary, sources=source_licences(layout, dataset.license), manifest=manifest_record,
+        random_weights=random_weight_stores(layout),
+        emm1=write_emm1(layout, bundle_root.root, query) if cfg.emm1 else {})
     bundle_root.path(BundleLayout.BUNDLE_JSON).write_text(bundle.to_json(), encoding="utf-8")
     bundle_root.path(BundleLayout.CARD).write_text(render_card(bundle), encoding="utf-8")
     write_checksums(root)
@@ -275,6 +279,7 @@ def run(manifest: Manifest, upload: bool = False) -> dict[str, Any]:
     cfg, layout = manifest.publish, manifest.layout
     folder = bundle_folder(cfg, layout)
     _check_inputs(cfg, layout, folder, upload)
+    check_weights(cfg, layout)  # random-weight stores are refused before anything is written
     api = _hub_api(cfg.repo_id) if upload else None
     bundle = _build_in_place(folder, lambda root: _build(
         layout, root, cfg, manifest.dataset, query=manifest.pair.query, manifest_record=manifest.to_dict()),

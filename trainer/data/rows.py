@@ -6,7 +6,8 @@ explicit bad partner (a human-rated hard negative). Rows come from three sources
 
 * ``pairs/quintuples.parquet``: ``query_key`` in the anchor store, ``<m>_key`` in ``m``'s store;
 * captions: an item whose own key is also in the anchor store (same ``__key__`` = same sample);
-* a human-rated triples table ``query_key, modality, target_key, label`` (good | partial | bad).
+* a human-rated triples table ``query_key, modality, target_key, label`` (good | partial | bad), or
+  E-MM1's ``triplets.csv`` read into one (:mod:`trainer.data.emm1`).
 
 The store vectors are kept once per modality and rows hold indices, so a batch is an index
 gather: from whole tensors on the accelerator (or in host memory on a CPU run) when the stores
@@ -32,6 +33,7 @@ from pipeline.core.layout import OutputLayout
 from pipeline.core.manifest import TrainConfig
 from pipeline.core.store import read_store, stored_modalities
 from trainer.batch import Batch, ModalityBatch
+from trainer.data import emm1
 from trainer.data.stream import MappedStore, store_nbytes
 
 log = logging.getLogger(__name__)
@@ -113,12 +115,13 @@ def caption_rows(anchor_keys: np.ndarray, stores_keys: dict[str, np.ndarray]) ->
     return rows.take(has_any)
 
 
-def triple_rows(path: str, anchor_keys: np.ndarray, stores_keys: dict[str, np.ndarray],
+def triple_rows(path: str | pa.Table, anchor_keys: np.ndarray, stores_keys: dict[str, np.ndarray],
                 partial: str, partial_weight: float) -> Rows:
     """Human-rated triples: good = positive row; partial = dropped or a row weighted ``partial_weight``;
     bad = the explicit hard negative (in the denominator) of the query's good/partial row in that
     modality; a bad rating with no positive row for its query has nothing to push against and is unused."""
-    table = pq.read_table(path, columns=list(TRIPLE_COLUMNS))
+    # a table: E-MM1's triplets.csv already read (trainer.data.emm1)
+    table = path if isinstance(path, pa.Table) else pq.read_table(path, columns=list(TRIPLE_COLUMNS))
     q, mod = table.column("query_key").to_pylist(), table.column("modality").to_pylist()
     tgt, lab = table.column("target_key").to_pylist(), table.column("label").to_pylist()
     mods = list(stores_keys)
@@ -305,7 +308,8 @@ def join_rows(train: TrainConfig, layout: OutputLayout, keys: dict[str, np.ndarr
     if train.use_quintuples and layout.pairs.quintuples.is_file():
         parts.append(quintuple_rows(layout.pairs.quintuples, anchor_keys, proj_keys))
     if train.triples:
-        parts.append(triple_rows(train.triples, anchor_keys, proj_keys, train.partial, train.partial_weight))
+        triples = emm1.read_triplets(train.triples) if emm1.is_triplets(train.triples) else train.triples
+        parts.append(triple_rows(triples, anchor_keys, proj_keys, train.partial, train.partial_weight))
     return parts
 
 

@@ -173,17 +173,19 @@ def resample(wav: np.ndarray, rate: int, target: int) -> np.ndarray:
     return y.numpy()
 
 
-def _fit(mono: np.ndarray, n: int) -> np.ndarray:
-    """Centre-crop or zero-pad to ``n`` samples."""
+def _fit(mono: np.ndarray, n: int, pad: bool = True) -> np.ndarray:
+    """Centre-crop to ``n`` samples; zero-pad to ``n`` unless ``pad`` is false."""
     if len(mono) > n:
         start = (len(mono) - n) // 2
         return mono[start:start + n]
+    if not pad:
+        return mono
     pad = n - len(mono)
     return np.pad(mono, (pad // 2, pad - pad // 2))
 
 
 def decode_audio(data: bytes, ext: str, cfg: Any, sample_rate: int) -> np.ndarray:
-    """Mono float32 at ``sample_rate``, centre-cropped or zero-padded to ``cfg.seconds``."""
+    """Mono float32 at ``sample_rate``, centre-cropped to ``cfg.seconds`` (zero-padded to it unless ``cfg.pad`` is false)."""
     mono, window, rate = _read_window(data, cfg, sample_rate)
     if mono.size == 0:
         raise DecodeError("corrupt", "audio: no samples")
@@ -194,7 +196,7 @@ def decode_audio(data: bytes, ext: str, cfg: Any, sample_rate: int) -> np.ndarra
     if window.cropped:  # the clip starts `keep` source frames into the decoded window
         skip = int(round(window.keep * sample_rate / rate))
         out = out[skip:skip + n]
-    out = _fit(out, n)
+    out = _fit(out, n, getattr(cfg, "pad", True))
     if not np.isfinite(out).all():
         raise DecodeError("error", "audio: non-finite samples after resampling")
     return np.ascontiguousarray(out, dtype=np.float32)

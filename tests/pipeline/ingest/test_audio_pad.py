@@ -1,0 +1,19 @@
+"""[modalities.audio] pad: shorter audio zero-padded to `seconds` (default) or kept at its real length."""
+
+import numpy as np
+
+from pipeline.core.manifest import AudioConfig
+from pipeline.ingest.decode.audio import decode_audio
+from tests.conftest import wav_bytes
+
+
+def test_pad_false_keeps_the_real_length():
+    data = wav_bytes(0, seconds=0.4, rate=16000)
+    padded = decode_audio(data, "wav", AudioConfig(encoder="x", seconds=2.0), 16000)
+    kept = decode_audio(data, "wav", AudioConfig(encoder="x", seconds=2.0, pad=False), 16000)
+    assert len(padded) == 32000 and len(kept) == 6400
+    start = (32000 - 6400) // 2
+    assert np.allclose(padded[start:start + 6400], kept) and not padded[:start].any()
+    longer = decode_audio(wav_bytes(1, seconds=3.0, rate=16000), "wav", AudioConfig(encoder="x", seconds=2.0, pad=False),
+                          16000)
+    assert len(longer) == 32000  # still centre-cropped to `seconds`
