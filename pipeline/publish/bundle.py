@@ -117,7 +117,10 @@ class Bundle:
                 "indexes": {m: asdict(i) for m, i in self.indexes.items()}, "figures": list(self.figures),
                 "heads": asdict(self.heads) if self.heads else {}, "status": self.status,
                 "pair_summary": self.pair_summary, "sources": [asdict(s) for s in self.sources],
-                "manifest": self.manifest, "random_weights": list(self.random_weights), "emm1": self.emm1}
+                "manifest": self.manifest,
+                # written only when present, so a bundle without them keeps the v1 file byte for byte
+                **({"random_weights": list(self.random_weights)} if self.random_weights else {}),
+                **({"emm1": self.emm1} if self.emm1 else {})}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Bundle:
