@@ -23,6 +23,7 @@ STAGES = {
     "pair": ("pipeline.pair.stage:run", "auto-pair items across modalities with nearest-neighbour search"),
     "train": ("trainer.train:run", "fit projection heads on the cached vectors"),
     "eval": ("trainer.eval.evaluate:run", "Recall@K, zero-shot and EShot metrics of a run"),
+    "analyze": ("trainer.analyze.stage:run", "fuse, reduce, cluster, score and map a bound space (Hamara & Rivas)"),
     "publish": ("pipeline.publish.stage:run", "write a self-describing dataset bundle"),
 }
 

@@ -1,0 +1,71 @@
+"""The large path (past ``analyze.large`` listings): FAISS k-means and randomized PCA.
+
+scikit-learn's exact PCA (an SVD of the whole centred matrix) and its k-means (every item at every
+iteration, ``restarts`` times) are too slow for millions of listings, and the exact silhouette is
+quadratic. Here:
+
+* PCA: ``torch.pca_lowrank`` on the GPU when CUDA is present, else scikit-learn's randomized PCA;
+  both are randomized range finders seeded by ``analyze.seed``.
+* k-means: ``faiss.Kmeans`` (GPU when the FAISS build has one), which trains on at most 256 items
+  per centroid (its default sample) and then assigns every item to its nearest centroid.
+* silhouette: on a seeded sample of ``analyze.silhouette_sample`` listings (:mod:`trainer.analyze.cluster`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+KMEANS_ITERATIONS = 25
+OVERSAMPLE = 10  # extra random directions of the range finder (scikit-learn's default)
+POWER_ITERATIONS = 4
+
+
+def _total_variance(x: np.ndarray, chunk: int = 65536) -> float:
+    """Sum of the columns' variances (ddof 1), in float64 and chunks, without a centred copy of ``x``."""
+    n = len(x)
+    s = np.zeros(x.shape[1])
+    ss = np.zeros(x.shape[1])
+    for i in range(0, n, chunk):
+        block = np.asarray(x[i:i + chunk], np.float64)
+        s += block.sum(0)
+        ss += (block * block).sum(0)
+    return float((ss - s * s / n).sum() / (n - 1))
+
+
+def _torch_pca(x: np.ndarray, top: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    torch.manual_seed(seed)
+    xt = torch.from_numpy(np.ascontiguousarray(x, np.float32)).cuda()
+    mean = xt.mean(0, keepdim=True)
+    q = min(top + OVERSAMPLE, *xt.shape)
+    _, s, v = torch.pca_lowrank(xt - mean, q=q, center=False, niter=POWER_ITERATIONS)
+    projected = ((xt - mean) @ v[:, :top]).cpu().numpy()
+    variance = (s[:top].double() ** 2 / (len(x) - 1)).cpu().numpy()
+    return projected, variance
+
+
+def randomized_pca(x: np.ndarray, top: int, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """(the ``top`` leading PCA coordinates, each component's explained-variance ratio, the solver's name)."""
+    if torch.cuda.is_available():
+        projected, variance = _torch_pca(x, top, seed)
+        return projected, variance / _total_variance(x), "torch.pca_lowrank (cuda)"
+    from sklearn.decomposition import PCA
+
+    pca = PCA(n_components=top, svd_solver="randomized", random_state=seed, iterated_power=POWER_ITERATIONS)
+    projected = pca.fit_transform(x)
+    return projected, pca.explained_variance_ratio_, "randomized (sklearn)"
+
+
+def faiss_kmeans(z: np.ndarray, k: int, seed: int, restarts: int) -> tuple[np.ndarray, np.ndarray]:
+    """Assignments and centroids of the best of ``restarts`` FAISS k-means runs."""
+    import faiss
+
+    z = np.ascontiguousarray(z, np.float32)
+    gpu = hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+    km = faiss.Kmeans(z.shape[1], k, niter=KMEANS_ITERATIONS, nredo=restarts, seed=seed, gpu=gpu, verbose=False)
+    km.train(z)
+    _, nearest = km.index.search(z, 1)
+    return nearest[:, 0].astype(np.int32), np.asarray(km.centroids, np.float32)
