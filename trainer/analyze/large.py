@@ -4,8 +4,12 @@ scikit-learn's exact PCA (an SVD of the whole centred matrix) and its k-means (e
 iteration, ``restarts`` times) are too slow for millions of listings, and the exact silhouette is
 quadratic. Here:
 
-* PCA: ``torch.pca_lowrank`` on the GPU when CUDA is present, else scikit-learn's randomized PCA;
-  both are randomized range finders seeded by ``analyze.seed``.
+* PCA: ``torch.pca_lowrank`` (a randomized range finder seeded by ``analyze.seed``) on the GPU
+  when CUDA is present. On the CPU, up to COVARIANCE_MAX_DIM input dims, the exact PCA from the
+  covariance matrix accumulated over row chunks (float64), which costs n·d² and no copy of the
+  vectors; scikit-learn's randomized PCA costs about n·d·(q + 10)·10 here and copies them (its
+  centring), so for d = 1024 it is both slower and twice the memory (bench/analyze.py measures both).
+  Past COVARIANCE_MAX_DIM, scikit-learn's randomized PCA.
 * k-means: ``faiss.Kmeans`` (GPU when the FAISS build has one), which trains on at most 256 items
   per centroid (its default sample) and then assigns every item to its nearest centroid.
 * silhouette: on a seeded sample of ``analyze.silhouette_sample`` listings (:mod:`trainer.analyze.cluster`).
@@ -20,11 +24,13 @@ import torch
 
 log = logging.getLogger(__name__)
 KMEANS_ITERATIONS = 25
+CHUNK = 65536
+COVARIANCE_MAX_DIM = 4096  # a d x d float64 covariance of 128 MiB and its eigh, at most
 OVERSAMPLE = 10  # extra random directions of the range finder (scikit-learn's default)
 POWER_ITERATIONS = 4
 
 
-def _total_variance(x: np.ndarray, chunk: int = 65536) -> float:
+def _total_variance(x: np.ndarray, chunk: int = CHUNK) -> float:
     """Sum of the columns' variances (ddof 1), in float64 and chunks, without a centred copy of ``x``."""
     n = len(x)
     s = np.zeros(x.shape[1])
@@ -47,11 +53,44 @@ def _torch_pca(x: np.ndarray, top: int, seed: int) -> tuple[np.ndarray, np.ndarr
     return projected, variance
 
 
-def randomized_pca(x: np.ndarray, top: int, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
+def covariance_pca(x: np.ndarray, top: int, chunk: int = CHUNK) -> tuple[np.ndarray, np.ndarray]:
+    """Exact PCA by the eigenvectors of the covariance, accumulated over centred row chunks in float64.
+
+    Memory beyond ``x``: one chunk, the d x d covariance and the (n, top) output. Component signs
+    follow scikit-learn's ``svd_flip`` rule (each component's largest-magnitude loading is positive).
+    """
+    n, d = x.shape
+    mean = np.zeros(d)
+    for i in range(0, n, chunk):
+        mean += np.asarray(x[i:i + chunk]).sum(0, dtype=np.float64)
+    mean /= n
+    mean32, cov = mean.astype(np.float32), np.zeros((d, d))
+    for i in range(0, n, chunk):
+        block = np.asarray(x[i:i + chunk], np.float32) - mean32
+        cov += block.T @ block  # float32 products of centred rows, summed in float64
+    cov /= n - 1
+    values, vectors = np.linalg.eigh(cov)
+    values, vectors = np.clip(values[::-1], 0, None), vectors[:, ::-1][:, :top]
+    vectors *= np.sign(vectors[np.abs(vectors).argmax(0), np.arange(top)])
+    basis = vectors.astype(np.float32)
+    out = np.empty((n, top), np.float32)
+    for i in range(0, n, chunk):
+        out[i:i + chunk] = (np.asarray(x[i:i + chunk], np.float32) - mean32) @ basis
+    return out, values[:top] / values.sum()
+
+
+def large_pca(x: np.ndarray, top: int, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
     """(the ``top`` leading PCA coordinates, each component's explained-variance ratio, the solver's name)."""
     if torch.cuda.is_available():
         projected, variance = _torch_pca(x, top, seed)
         return projected, variance / _total_variance(x), "torch.pca_lowrank (cuda)"
+    if x.shape[1] <= COVARIANCE_MAX_DIM:
+        projected, ratio = covariance_pca(x, top)
+        return projected, ratio, "covariance (exact, streamed)"
+    return sklearn_randomized_pca(x, top, seed)
+
+
+def sklearn_randomized_pca(x: np.ndarray, top: int, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
     from sklearn.decomposition import PCA
 
     pca = PCA(n_components=top, svd_solver="randomized", random_state=seed, iterated_power=POWER_ITERATIONS)

@@ -60,17 +60,21 @@ def score_lines(path: Path, clusterings: dict[Setting, Clustering], choice: Choi
         ax.set_xticks(dims, [str(d) for d in dims])
         ax.set_xlabel("PCA dim")
         ax.set_title(title, fontsize=10)
-    np.atleast_1d(axes)[-1].legend(fontsize=7, loc="best")
+    np.atleast_1d(axes)[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     _save(fig, path)
 
 
+def colour(i: int):
+    """The colour of cluster ``i`` (or of the ``i``-th label), the same in the map and the size bars."""
+    return _pyplot().get_cmap("tab20")(i % 20)
+
+
 def _scatter(ax, coords: np.ndarray, groups: np.ndarray, title: str) -> None:
-    plt = _pyplot()
-    names = sorted(set(groups.tolist()), key=str)
-    cmap = plt.get_cmap("tab20")
+    names = sorted(set(groups.tolist()))  # cluster ids (ints) or label names (str)
     for i, name in enumerate(names):
         sel = groups == name
-        ax.scatter(coords[sel, 0], coords[sel, 1], s=8, color=cmap(i % 20), label=str(name) or "(none)")
+        ax.scatter(coords[sel, 0], coords[sel, 1], s=8, color=colour(name if isinstance(name, int) else i),
+                   label=str(name) or "(none)")
     if len(names) <= MAX_LEGEND:
         ax.legend(fontsize=6, markerscale=1.5, loc="center left", bbox_to_anchor=(1.0, 0.5))
     ax.set_title(title, fontsize=10)
@@ -96,7 +100,7 @@ def cluster_sizes(path: Path, infos: list[ClusterInfo], setting: Setting) -> Non
     """Bars of the cluster sizes, largest first, labelled by cluster id and commonest label."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(5.0, 0.45 * len(infos) + 2), 4))
-    ax.bar(range(len(infos)), [i.size for i in infos], color="tab:blue")
+    ax.bar(range(len(infos)), [i.size for i in infos], color=[colour(i.cluster) for i in infos])
     names = [f"{i.cluster}: {i.labels[0][0]}" if i.labels else str(i.cluster) for i in infos]
     ax.set_xticks(range(len(infos)), names, rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("listings")

@@ -41,7 +41,9 @@ class QueryResult:
 
 
 def _top_listings(queries: np.ndarray, gallery: np.ndarray, own: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
-    """(scores, indices) of the ``k`` best gallery rows per query, the ``own`` row (or -1) excluded."""
+    """(scores, indices) of the ``k`` best gallery rows per query, the ``own`` row (or -1) excluded;
+    ``k`` is at most one less than the gallery, so an excluded row never fills a place."""
+    k = min(k, len(gallery) - 1)
     g = torch.from_numpy(unit(gallery))
     scores, index = [], []
     for i in range(0, len(queries), CHUNK):
@@ -49,10 +51,10 @@ def _top_listings(queries: np.ndarray, gallery: np.ndarray, own: np.ndarray, k: 
         rows = torch.from_numpy(own[i:i + CHUNK])
         mine = rows >= 0
         sims[torch.arange(len(sims))[mine], rows[mine]] = -torch.inf
-        top = sims.topk(min(k, g.shape[0]), dim=1)
+        top = sims.topk(k, dim=1)
         scores.append(top.values.numpy())
         index.append(top.indices.numpy())
-    empty = np.zeros((0, min(k, len(gallery))))
+    empty = np.zeros((0, k))
     return (np.concatenate(scores) if scores else empty), (np.concatenate(index) if index else empty.astype(int))
 
 
@@ -75,6 +77,6 @@ def retrieve(items: Items, listings: Listings, grouping: Grouping, k: int) -> Qu
             chances.append(same / others)
         hits.append(QueryHit(str(key), label, [str(listings.keys[j]) for j in index[q]],
                              [float(s) for s in scores[q]], precision))
-    return QueryResult(items.modality, min(k, len(listings.keys)), len(items.keys), len(precisions),
+    return QueryResult(items.modality, min(k, len(listings.keys) - 1), len(items.keys), len(precisions),
                        float(np.mean(precisions)) if precisions else None,
                        float(np.mean(chances)) if chances else None, hits)

@@ -3,7 +3,7 @@
 One PCA is fitted at the largest dimension; the first ``d`` of its components are the PCA to
 ``d`` (principal components are nested, so this equals a separate fit to ``d`` up to the signs
 that :func:`sklearn.utils.extmath.svd_flip` fixes). Past ``analyze.large`` listings the fit is
-randomized (:func:`trainer.analyze.large.randomized_pca`).
+one of :func:`trainer.analyze.large.large_pca`'s (randomized on the GPU, streamed covariance on the CPU).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ class Reduction:
     dims: tuple[int, ...]  # sorted, unique
     projected: np.ndarray  # (n, max(dims)) float32
     explained: dict[int, float]  # dim -> cumulative explained-variance ratio
-    solver: str  # "full" | "randomized (sklearn)" | "torch.pca_lowrank (cuda)"
+    solver: str  # "full" | "covariance (exact, streamed)" | "randomized (sklearn)" | "torch.pca_lowrank (cuda)"
 
     def at(self, dim: int) -> np.ndarray:
         """The PCA-``dim`` vectors."""
@@ -43,13 +43,13 @@ def checked_dims(dims: tuple[int, ...], n: int, dim: int) -> tuple[int, ...]:
 
 
 def reduce(vectors: np.ndarray, dims: tuple[int, ...], seed: int, large: bool) -> Reduction:
-    """PCA of ``vectors`` to every dim in ``dims`` (exact below ``large``, randomized past it)."""
+    """PCA of ``vectors`` to every dim in ``dims`` (a full SVD, or past ``analyze.large`` the large path's PCA)."""
     dims = checked_dims(dims, *vectors.shape)
     top = dims[-1]
     if large:
-        from trainer.analyze.large import randomized_pca
+        from trainer.analyze.large import large_pca
 
-        projected, ratio, solver = randomized_pca(vectors, top, seed)
+        projected, ratio, solver = large_pca(vectors, top, seed)
     else:
         from sklearn.decomposition import PCA
 

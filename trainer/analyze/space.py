@@ -105,9 +105,9 @@ def _run_space(manifest: Manifest, wanted: dict[str, str]) -> dict[str, Items]:
             if heads[mod][0].in_features != store.dim:
                 raise ManifestError(f"analyze.run: the {mod} head of run {run!r} takes dim "
                                     f"{heads[mod][0].in_features} but the {mod} store has dim {store.dim}")
-            vectors, how = _through_head(heads[mod], store.vectors), f"head of run {run!r} (L2-normalised)"
+            vectors, how = _through_head(heads[mod], store.vectors), f"through the {mod} head of run {run}, L2-normalised"
         else:
-            vectors, how = unit(np.asarray(store.vectors, np.float32)), f"run {run!r}'s {anchor} space (L2-normalised)"
+            vectors, how = unit(np.asarray(store.vectors, np.float32)), f"the anchor space of run {run}, L2-normalised"
         out[mod] = Items(mod, store.keys, vectors, how)
     return out
 

@@ -25,7 +25,12 @@ from trainer.analyze.report import Analysis, QueryExample, SpaceSummary, write
 from trainer.analyze.space import Grouping, Listings, fuse, fuse_weights, load_space, read_grouping
 
 log = logging.getLogger(__name__)
-SHOWN_QUERIES = 5  # query examples (with captions) per modality in report.md
+SHOWN_QUERIES = 5  # query examples (with captions) per modality in report.md: scored ones first
+
+
+def _shown(q: QueryResult) -> list:
+    """The hits report.md shows: queries with a scored label first, then the others, in store order."""
+    return sorted(q.hits, key=lambda h: h.precision is None)[:SHOWN_QUERIES]
 
 
 def _examples(queries: list[QueryResult], listings: Listings, captions: dict[str, str]) -> list[QueryExample]:
@@ -33,7 +38,7 @@ def _examples(queries: list[QueryResult], listings: Listings, captions: dict[str
     label_of = dict(zip(listings.keys, listings.labels, strict=True))
     out = []
     for q in queries:
-        for hit in q.hits[:SHOWN_QUERIES]:
+        for hit in _shown(q):
             shown = [(k, str(label_of[k]), captions.get(caption_of[k], ""), s)
                      for k, s in zip(hit.listings, hit.scores, strict=True)]
             out.append(QueryExample(q.modality, hit.query, hit.label, captions.get(hit.query, ""), shown))
@@ -45,7 +50,7 @@ def _caption_keys(nearest: dict[int, list[tuple[int, float]]], queries: list[Que
     position = {k: i for i, k in enumerate(listings.keys)}
     keys = {str(listings.caption_keys[i]) for pairs in nearest.values() for i, _ in pairs}
     for q in queries:
-        for hit in q.hits[:SHOWN_QUERIES]:
+        for hit in _shown(q):
             keys.add(hit.query)
             keys.update(str(listings.caption_keys[position[k]]) for k in hit.listings)
     return keys

@@ -74,7 +74,7 @@ def test_a_run_projects_through_its_heads_and_normalises_the_anchor(tmp_path):
     np.testing.assert_allclose(space["image"].vectors, want, rtol=1e-5, atol=1e-6)
     t = np.stack([p.text[k] for k in p.listing_keys])
     np.testing.assert_allclose(space["text"].vectors, t / np.linalg.norm(t, axis=1, keepdims=True), rtol=1e-5)
-    assert "head of run 'r'" in space["image"].how
+    assert space["image"].how == "through the image head of run r, L2-normalised"
 
 
 def test_bad_spaces_are_errors_naming_the_key(tmp_path):

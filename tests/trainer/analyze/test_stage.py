@@ -9,8 +9,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from sklearn.decomposition import PCA
-from sklearn.metrics import (adjusted_rand_score, calinski_harabasz_score, davies_bouldin_score,
-                             normalized_mutual_info_score, silhouette_score)
+from sklearn.metrics import (
+    adjusted_rand_score,
+    calinski_harabasz_score,
+    davies_bouldin_score,
+    normalized_mutual_info_score,
+    silhouette_score,
+)
 
 from pipeline.cli import STAGES
 from pipeline.core.manifest import ManifestError
