@@ -19,8 +19,8 @@ from trainer.analyze.cluster import Clustering, Setting
 INTERNAL = {"silhouette": True, "calinski_harabasz": True, "davies_bouldin": False}
 RULE = ("Each internal score votes for its best (dim, k) setting (silhouette and Calinski–Harabasz: highest; "
         "Davies–Bouldin: lowest; ties go to the smaller dim, then the smaller k). The setting with two or three "
-        "votes is chosen; when all three differ, the silhouette's is (it is bounded and compares across dims, "
-        "where Calinski–Harabasz favours the smallest dim). Labels never enter the choice: NMI/ARI/purity only "
+        "votes is chosen; when all three differ, the silhouette's is (it is bounded; Calinski–Harabasz's "
+        "within-cluster dispersion grows with dim, so it leans to the smallest dim). Labels never enter the choice: NMI/ARI/purity only "
         "say whether it was right.")
 
 

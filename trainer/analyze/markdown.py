@@ -26,12 +26,13 @@ def _intro(r: dict) -> list[str]:
     sp = r["space"]
     fused = ", ".join(f"{m} × {w:g} ({sp['modalities'][m]}; {sp['items'][m]} items)" for m, w in sp["weights"].items())
     grouping = f"samples grouped by `{sp['group_key']}`" if sp["group_key"] else "each sample its own listing"
-    lacking = ", ".join(f"{n} without {m}" for m, n in sp["lacking"].items() if n)
+    lacking = " and ".join(f"{n} without {m}" for m, n in sp["lacking"].items() if n)
     space = f"run `{sp['run']}`'s bound space" if sp["run"] else "the stores as they are (one space)"
     return [f"# Fused-embedding analysis `{r['name']}`", "",
             f"**{sp['listings']} listings** in {space}, {grouping}; fused = weighted mean of {fused}, "
             f"{'L2-normalised' if sp['normalize'] else 'not normalised (raw mean, as the paper)'}"
-            + (f"; listings {lacking} were {'dropped' if sp['missing'] == 'drop' else 'fused from what they have'}"
+            + (f"; listings that lacked a fused modality ({lacking}) were "
+               f"{'dropped' if sp['missing'] == 'drop' else 'fused from what they have'}"
                if lacking else "") + ".",
             f"Labels (`{sp['label_key']}`): {sp['labelled']} listings." if sp["label_key"] else "No labels.", ""]
 
@@ -96,7 +97,8 @@ def _queries(r: dict) -> list[str]:
                      f"{_num(q['chance'])} | {_num(ratio, 1)} |")
     lines.append("")
     for e in r["query_examples"]:
-        lines += [f"**{e['modality']} `{_cell(e['query'])}`** ({e['label'] or 'no label'}): {_cell(e['caption'])}", ""]
+        caption = f"; its sample's caption: {_cell(e['caption'])}" if e["caption"] else ""
+        lines += [f"**{e['modality']} `{_cell(e['query'])}`** ({e['label'] or 'no label'}{caption})", ""]
         lines += [f"{i}. `{_cell(k)}` ({lab or 'no label'}, {_num(s)}): {_cell(cap)}"
                   for i, (k, lab, cap, s) in enumerate(e["listings"], 1)]
         lines.append("")
