@@ -34,12 +34,16 @@ train manifest=default_manifest *overrides:
 eval manifest=default_manifest *overrides:
     {{venv}}/bindery eval {{manifest}} {{overrides}}
 
+# fused-embedding analysis of a bound space -> analysis/<name>/ (report.md, report.json, clusters.parquet, PNGs)
+analyze manifest=default_manifest *overrides:
+    {{venv}}/bindery analyze {{manifest}} {{overrides}}
+
 # write a publishable dataset bundle
 publish manifest=default_manifest *overrides:
     {{venv}}/bindery publish {{manifest}} {{overrides}}
 
 # the main job on the embedded default: precompute, bootstrap heads on own captions, pair
-# through them, retrain on captions + pairs, evaluate, publish
+# through them, retrain on captions + pairs, evaluate, publish, analyse the fused image+text space
 demo manifest=default_manifest:
     {{just_executable()}} precompute {{manifest}}
     {{just_executable()}} train {{manifest}} --set train.run=captions --set train.use_quintuples=false
@@ -47,6 +51,7 @@ demo manifest=default_manifest:
     {{just_executable()}} train {{manifest}}
     {{just_executable()}} eval {{manifest}}
     {{just_executable()}} publish {{manifest}}
+    {{just_executable()}} analyze {{manifest}}
 
 # the CPU test suite (what CI runs)
 test *args:

@@ -25,6 +25,7 @@ STAGES = {
     "bridge": ("trainer.bridge.stage:run", "BrokenBind: pseudo partners for two modalities that never co-occur"),
     "train": ("trainer.train:run", "fit projection heads on the cached vectors"),
     "eval": ("trainer.eval.evaluate:run", "Recall@K, zero-shot and EShot metrics of a run"),
+    "analyze": ("trainer.analyze.stage:run", "fuse, reduce, cluster, score and map a bound space (Hamara & Rivas)"),
     "publish": ("pipeline.publish.stage:run", "write a self-describing dataset bundle"),
     "import-heads": ("pipeline.heads.stage:run", "load EBind-layout heads (ebind-full safetensors) into a run"),
 }

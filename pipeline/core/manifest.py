@@ -241,17 +241,24 @@ class AnalyzeConfig:
 
     name: str = "default"  # folder under <output>/analysis/
     run: str = ""  # run whose exported heads give the bound space; "" = the stores as they are (one space)
-    fuse: tuple[str, ...] = ("image:0.5", "text:0.5")  # modality:weight terms of the fused vector
+    fuse: tuple[str, ...] = ("image:0.5", "text:0.5")  # modality:weight terms; fused = weighted mean of the modalities' per-listing means
     group_key: str = ""  # metadata field grouping samples into listings; "" = each sample alone
+    missing: str = "drop"  # a listing without one of the fused modalities: drop | reweight (fuse what it has)
     normalize: bool = False  # L2-normalise the fused vectors (the paper averages raw)
     dims: tuple[int, ...] = (8, 16, 32, 64, 128)  # PCA dimensions tried
-    ks: tuple[int, ...] = (4, 8, 16, 32)  # k-means cluster counts tried
+    ks: tuple[int, ...] = (4, 8, 16, 32)  # k-means cluster counts tried; with k_step, [first, last] of a range
+    k_step: int = 0  # > 0: ks = [first, last] means first, first + k_step, ... up to last
+    restarts: int = 4  # k-means restarts per (dim, k); the lowest inertia is kept
     label_key: str = "label"  # metadata field with external labels (NMI, ARI, purity); "" = none
     query: tuple[str, ...] = ()  # modalities whose items retrieve listings, e.g. ["audio"]
     neighbors: int = 5  # listings shown per centroid and retrieved per query
+    map: str = "auto"  # 2-D map: umap | pca | auto (umap when umap-learn is installed, else PCA-2)
+    captions: bool = True  # read the shown listings' captions from the shards' txt members (one pass)
     large: int = 100_000  # past this many listings: faiss k-means, randomized PCA, sampled silhouette
     silhouette_sample: int = 10_000  # items the sampled silhouette uses past `large`
     seed: int = 0  # seeds PCA, k-means and the samples
+    CHOICES: typing.ClassVar[dict[str, tuple[str, ...]]] = {"missing": ("drop", "reweight"),
+                                                            "map": ("auto", "umap", "pca")}
 
 
 @dataclass(frozen=True)
@@ -522,6 +529,9 @@ def _check_condense(m: Manifest) -> None:
 
 def _check_analyze(m: Manifest) -> None:
     a = m.analyze
+    if not a.fuse:
+        raise ManifestError('analyze.fuse: must name at least one modality, like ["image:0.5", "text:0.5"]')
+    fused = []
     for term in a.fuse:
         mod, sep, weight = term.partition(":")
         try:
@@ -531,12 +541,23 @@ def _check_analyze(m: Manifest) -> None:
         if not ok:
             raise ManifestError(f"analyze.fuse: {term!r} must be 'modality:weight' with a weight > 0, "
                                 "like \"image:0.5\"")
+        if mod in fused:
+            raise ManifestError(f"analyze.fuse: {mod!r} is named twice; give each modality one weight")
+        fused.append(mod)
     for mod in a.query:
         _modality("analyze.query", mod)
-    for key in ("dims", "ks"):
-        for v in getattr(a, key):
-            _positive(f"analyze.{key}", v)
-    for key in ("neighbors", "large", "silhouette_sample"):
+    for v in a.dims:
+        _positive("analyze.dims", v)
+    if not a.dims or not a.ks:
+        raise ManifestError(f"analyze.{'dims' if not a.dims else 'ks'}: must not be empty")
+    for v in a.ks:
+        if v < 2:
+            raise ManifestError(f"analyze.ks: {v} clusters cannot be scored; every k must be >= 2")
+    _non_negative("analyze.k_step", a.k_step, "ks is a list")
+    if a.k_step and (len(a.ks) != 2 or a.ks[0] > a.ks[1]):
+        raise ManifestError(f"analyze.ks: with analyze.k_step = {a.k_step} give [first, last] with first <= last "
+                            f"(a range), got {list(a.ks)}")
+    for key in ("neighbors", "large", "silhouette_sample", "restarts"):
         _positive(f"analyze.{key}", getattr(a, key))
 
 
