@@ -527,12 +527,11 @@ def _check_condense(m: Manifest) -> None:
         _non_negative(f"condense.{key}", getattr(c, key))
 
 
-def _check_analyze(m: Manifest) -> None:
-    a = m.analyze
-    if not a.fuse:
+def _check_fuse(terms: tuple[str, ...]) -> None:
+    if not terms:
         raise ManifestError('analyze.fuse: must name at least one modality, like ["image:0.5", "text:0.5"]')
     fused = []
-    for term in a.fuse:
+    for term in terms:
         mod, sep, weight = term.partition(":")
         try:
             ok = sep and mod in MODALITIES and math.isfinite(float(weight)) and float(weight) > 0
@@ -544,6 +543,11 @@ def _check_analyze(m: Manifest) -> None:
         if mod in fused:
             raise ManifestError(f"analyze.fuse: {mod!r} is named twice; give each modality one weight")
         fused.append(mod)
+
+
+def _check_analyze(m: Manifest) -> None:
+    a = m.analyze
+    _check_fuse(a.fuse)
     for mod in a.query:
         _modality("analyze.query", mod)
     for v in a.dims:
