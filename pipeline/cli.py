@@ -23,6 +23,8 @@ STAGES = {
     "pair": ("pipeline.pair.stage:run", "auto-pair items across modalities with nearest-neighbour search"),
     "train": ("trainer.train:run", "fit projection heads on the cached vectors"),
     "eval": ("trainer.eval.evaluate:run", "Recall@K, zero-shot and EShot metrics of a run"),
+    "condense": ("trainer.condense.stage:run", "ImageBindDC: condense labelled pairs into a few synthetic pairs per class"),
+    "condense-eval": ("trainer.condense.report:run", "train on the condensed sets, test on real held-out pairs"),
     "publish": ("pipeline.publish.stage:run", "write a self-describing dataset bundle"),
 }
 
