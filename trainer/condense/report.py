@@ -27,9 +27,8 @@ from pipeline.core.samples import sample_labels
 from pipeline.core.store import atomic_write, atomic_write_text, read_store
 from trainer.condense import heads
 from trainer.condense.probe import RandomScore, Score, SmallSet, kmeans_centres, probe_accuracy, random_score
-from trainer.condense.sets import LabelledPairs, keep_classes, load_pairs, split
+from trainer.condense.sets import LabelledPairs, check_stores, keep_classes, load_pairs, split, training_pairs
 from trainer.condense.space import Space
-from trainer.condense.stage import check_stores, training_pairs
 
 log = logging.getLogger(__name__)
 

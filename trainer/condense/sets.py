@@ -17,7 +17,7 @@ import torch
 
 from pipeline.core.manifest import Manifest, ManifestError
 from pipeline.core.samples import sample_labels
-from pipeline.core.store import read_store
+from pipeline.core.store import read_store, stored_modalities
 from trainer.condense.space import Space
 from trainer.data.rows import is_val, key_index
 
@@ -152,3 +152,19 @@ def initial_sets(train: LabelledPairs, per_class: int, init: str, seed: int) -> 
         jitter = JITTER * rng.standard_normal(start.shape).astype(np.float32) / np.sqrt(start.shape[-1])
         out[m] = unit(np.where(repeated[..., None], start + jitter, start)).astype(np.float32)
     return out
+
+
+def check_stores(manifest: Manifest) -> None:
+    """Every condensed modality has a store (before anything is loaded)."""
+    stored = stored_modalities(manifest.output)
+    missing = [m for m in manifest.condense.modalities if m not in stored]
+    if missing:
+        raise ManifestError(f"condense.modalities: no embedding store for {missing} under {manifest.output} "
+                            f"(stored: {stored or 'none'}); run `bindery precompute` or condense stored modalities")
+
+
+def training_pairs(manifest: Manifest, space: Space) -> LabelledPairs:
+    """The training side of the labelled pairs, in the classes that have ``min_items`` of them."""
+    pairs = load_pairs(manifest, space)
+    train, _held_out = split(pairs, manifest.train.seed, manifest.train.val_fraction)
+    return keep_classes(train, condensable(train, manifest.condense.min_items))

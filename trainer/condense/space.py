@@ -66,3 +66,14 @@ class Space:
         if self.name == STORE:
             return {**base, **({"space": source["space"]} if "space" in source else {})}
         return {**base, "space": f"run:{self.name}"}
+
+
+def check_dims(manifest: Manifest, space: Space) -> None:
+    """The cross-modal term multiplies items element-wise: every modality needs the same dim."""
+    c = manifest.condense
+    dims = {m: space.dim_out(m, read_metadata(list_parts(manifest.layout.embeddings(m))[0])["dim"])
+            for m in c.modalities}
+    if c.cross_weight > 0 and len(set(dims.values())) > 1:
+        raise ManifestError(f"condense.cross_weight: the cross-modal term needs one dim, but in space {c.space!r} "
+                            f"the modalities are {dims}; condense in a run's space (condense.space = \"<run>\") "
+                            "or set condense.cross_weight = 0")

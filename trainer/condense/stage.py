@@ -15,11 +15,11 @@ from typing import Any
 import torch
 
 from pipeline.core.manifest import Manifest, ManifestError
-from pipeline.core.store import list_parts, read_metadata, stored_modalities
 from trainer.condense.optimise import condense
 from trainer.condense.output import write_set
-from trainer.condense.sets import LabelledPairs, condensable, keep_classes, load_pairs, split
-from trainer.condense.space import Space
+from trainer.condense.report import run as report
+from trainer.condense.sets import check_stores, training_pairs
+from trainer.condense.space import Space, check_dims
 
 log = logging.getLogger(__name__)
 
@@ -30,33 +30,6 @@ def device_of(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ManifestError(f"condense.device: {name!r} but CUDA is not available; use \"auto\" or \"cpu\"")
     return torch.device(name)
-
-
-def check_stores(manifest: Manifest) -> None:
-    """Every condensed modality has a store (before anything is loaded)."""
-    stored = stored_modalities(manifest.output)
-    missing = [m for m in manifest.condense.modalities if m not in stored]
-    if missing:
-        raise ManifestError(f"condense.modalities: no embedding store for {missing} under {manifest.output} "
-                            f"(stored: {stored or 'none'}); run `bindery precompute` or condense stored modalities")
-
-
-def check_dims(manifest: Manifest, space: Space) -> None:
-    """The cross-modal term multiplies items element-wise: every modality needs the same dim."""
-    c = manifest.condense
-    dims = {m: space.dim_out(m, read_metadata(list_parts(manifest.layout.embeddings(m))[0])["dim"])
-            for m in c.modalities}
-    if c.cross_weight > 0 and len(set(dims.values())) > 1:
-        raise ManifestError(f"condense.cross_weight: the cross-modal term needs one dim, but in space {c.space!r} "
-                            f"the modalities are {dims}; condense in a run's space (condense.space = \"<run>\") "
-                            "or set condense.cross_weight = 0")
-
-
-def training_pairs(manifest: Manifest, space: Space) -> LabelledPairs:
-    """The training side of the labelled pairs, in the classes that have ``min_items`` of them."""
-    pairs = load_pairs(manifest, space)
-    train, _held_out = split(pairs, manifest.train.seed, manifest.train.val_fraction)
-    return keep_classes(train, condensable(train, manifest.condense.min_items))
 
 
 def run(manifest: Manifest) -> dict[str, Any]:
@@ -79,7 +52,5 @@ def run(manifest: Manifest) -> dict[str, Any]:
                      "seconds": round(result.seconds, 2), "loss_first": curve[0], "loss_last": curve[-1]})
     summary: dict[str, Any] = {"name": c.name, "space": c.space, "sets": sets}
     if c.evaluate:
-        from trainer.condense.report import run as report  # the report reads the sets written above
-
         summary["report"] = report(manifest)
     return summary

@@ -16,7 +16,7 @@ from tests.trainer.condense.planted import manifest_for, planted_classes
 from trainer.condense import stage
 from trainer.condense.optimise import condense
 from trainer.condense.probe import SmallSet, probe_accuracy, random_subset
-from trainer.condense.sets import load_pairs, split
+from trainer.condense.sets import load_pairs, split, training_pairs
 from trainer.condense.space import Space
 
 SEEDS = 3
@@ -32,7 +32,7 @@ def planted(tmp_path_factory):
 @pytest.fixture(scope="module")
 def sides(planted):
     m = manifest_for(planted)
-    train = stage.training_pairs(m, Space(m))
+    train = training_pairs(m, Space(m))
     _, held_out = split(load_pairs(m, Space(m)), m.train.seed, m.train.val_fraction)
     return m, train, held_out
 
