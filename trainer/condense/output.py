@@ -26,6 +26,7 @@ import numpy as np
 
 from pipeline.core.layout import OutputLayout
 from pipeline.core.manifest import Manifest
+from pipeline.core.plots import pyplot, save_png
 from pipeline.core.samples import write_metadata
 from pipeline.core.store import atomic_write, atomic_write_text, write_embeddings
 from trainer.condense.optimise import Condensed, Curves
@@ -40,12 +41,7 @@ def synthetic_keys(classes: list[str], per_class: int) -> list[str]:
 
 
 def write_loss_plot(path: Path, curves: Curves, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    fig, ax = pyplot().subplots(figsize=(6, 3.5), dpi=100)
     for name in ("total", "uni", "cross", "joint"):
         values = getattr(curves, name)
         if any(values):
@@ -55,10 +51,7 @@ def write_loss_plot(path: Path, curves: Curves, title: str) -> None:
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
-    finally:
-        plt.close(fig)
+    save_png(fig, path)
 
 
 def set_config(manifest: Manifest, result: Condensed, counts: np.ndarray) -> dict:

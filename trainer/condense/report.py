@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 
 from pipeline.core.manifest import Manifest, ManifestError
+from pipeline.core.plots import pyplot, save_png
 from pipeline.core.samples import sample_labels
-from pipeline.core.store import atomic_write, atomic_write_text, read_store
+from pipeline.core.store import atomic_write_text, read_store
 from trainer.condense import heads
 from trainer.condense.probe import RandomScore, Score, SmallSet, kmeans_centres, probe_accuracy, random_score
 from trainer.condense.sets import LabelledPairs, check_stores, keep_classes, load_pairs, split, training_pairs
@@ -91,12 +92,7 @@ def size_report(manifest: Manifest, n: int, train: LabelledPairs, test: SmallSet
 
 
 def write_plot(path, sizes: list[SizeReport], full: float, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    fig, ax = pyplot().subplots(figsize=(6, 3.5), dpi=100)
     x = np.arange(len(sizes))
     bars = [("condensed", [s.condensed.accuracy for s in sizes], None),
             ("random real", [s.random.accuracy_mean for s in sizes], [s.random.accuracy_std for s in sizes]),
@@ -109,10 +105,7 @@ def write_plot(path, sizes: list[SizeReport], full: float, title: str) -> None:
     ax.set_title(title)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
-    finally:
-        plt.close(fig)
+    save_png(fig, path)
 
 
 def run(manifest: Manifest) -> dict[str, Any]:

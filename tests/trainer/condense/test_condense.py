@@ -96,12 +96,15 @@ def test_condense_writes_a_store_that_train_and_eval_read(planted, tmp_path, cap
     toml = tmp_path / "c.toml"
     toml.write_text(f'[dataset]\nname = "c"\nshards = "x-{{0..1}}.tar"\noutput = "{lay.root}"\n'
                     '[modalities.image]\nencoder = "planted-image"\n[modalities.text]\nencoder = "planted-text"\n'
-                    '[train]\nanchor = "text"\nhidden = 32\nepochs = 2\nbatch_size = 16\nval_fraction = 0.2\n')
+                    '[train]\nanchor = "text"\nhidden = 32\nepochs = 2\nbatch_size = 16\nval_fraction = 0.2\n'
+                    f'[publish]\nfolder = "{tmp_path / "bundle"}"\n')
     capsys.readouterr()
     assert main(["train", str(toml)]) == 0
     assert main(["eval", str(toml)]) == 0
     metrics = json.loads(lay.run("default").metrics.read_text())
     assert "image->text" in metrics and metrics["image->text"]["n"] > 0
+    assert main(["publish", str(toml)]) == 0
+    assert main(["publish", "--verify", str(tmp_path / "bundle")]) == 0
 
 
 def _metadata(layout):
@@ -151,7 +154,7 @@ def test_condense_in_a_runs_space_maps_every_modality_through_its_heads(tmp_path
     heads, _ = load_heads(m.layout.run("bound").root)
     image = read_store(tmp_path, "image")
     np.testing.assert_allclose(space.map("image", image.vectors[:5]),
-                               project(heads["image"], torch.from_numpy(image.vectors[:5])).numpy(), rtol=1e-6)
+                               project(heads["image"], torch.from_numpy(np.array(image.vectors[:5]))).numpy(), rtol=1e-6)
     stage.run(m)
     out = read_store(m.layout.condensed_set("planted", 2).root, "image")
     assert out.dim == 24 and out.metadata["space"] == "run:bound"
