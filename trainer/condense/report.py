@@ -27,7 +27,15 @@ from pipeline.core.plots import pyplot, save_png
 from pipeline.core.samples import sample_labels
 from pipeline.core.store import atomic_write_text, read_store
 from trainer.condense import heads
-from trainer.condense.probe import RandomScore, Score, SmallSet, kmeans_centres, probe_accuracy, random_score
+from trainer.condense.probe import (
+    RandomScore,
+    Score,
+    SmallSet,
+    kmeans_centres,
+    probe_accuracy,
+    random_score,
+    random_subset,
+)
 from trainer.condense.sets import LabelledPairs, check_stores, keep_classes, load_pairs, split, training_pairs
 from trainer.condense.space import Space
 
@@ -41,7 +49,7 @@ class SizeReport:
     condensed: Score
     random: RandomScore
     herding: Score
-    heads: dict[str, Any]  # Recall@K of heads trained on the set, and their share of the full run's
+    heads: dict[str, Any]  # Recall@K of heads trained on the set and on random real pairs, and shares of the full run's
     condense_seconds: float  # wall time of the set's optimisation loop (its config.json)
 
 
@@ -74,21 +82,44 @@ def read_set(manifest: Manifest, per_class: int, classes: list[str]) -> tuple[La
     return LabelledPairs(keys, label, classes, {m: np.asarray(s.vectors, np.float32) for m, s in stores.items()}), config
 
 
-def size_report(manifest: Manifest, n: int, train: LabelledPairs, test: SmallSet, full: float,
-                full_recall: dict, held_out: LabelledPairs, full_steps: int) -> SizeReport:
+@dataclass(frozen=True)
+class Reference:
+    """What every size is measured against: the real pairs, and the probe and heads fitted on all of them."""
+
+    train: LabelledPairs
+    held_out: LabelledPairs
+    test: SmallSet  # the held-out pairs as probe features
+    accuracy: float  # the probe fitted on every training pair
+    recall: dict[str, Any]  # heads trained on every training pair
+    steps: int  # their optimisation steps (every small set's heads get as many)
+
+
+def heads_on(manifest: Manifest, output, items: int, ref: Reference) -> dict[str, Any]:
+    """Held-out Recall@K of heads that `bindery train` fits on the store at ``output`` (all of it)."""
+    epochs = heads.epochs_for(ref.steps, items, manifest.train.batch_size)
+    run = heads.train(manifest, output, epochs, heads.ALL_TRAIN)
+    return heads.held_out_recall(run, ref.held_out, heads.anchor_of(manifest), manifest.eval.ks)
+
+
+def size_report(manifest: Manifest, space: Space, n: int, ref: Reference) -> SizeReport:
     c, ks = manifest.condense, manifest.eval.ks
-    syn, config = read_set(manifest, n, train.classes)
-    condensed = Score.of(probe_accuracy(SmallSet.of(syn), test, c.probe_c), full)
-    random = random_score(train, test, n, c.seeds, c.seed, c.probe_c, full)
-    herding = Score.of(probe_accuracy(kmeans_centres(train, n, c.seed), test, c.probe_c), full)
-    epochs = heads.epochs_for(full_steps, len(syn), manifest.train.batch_size)
-    run = heads.train(manifest, manifest.layout.condensed_set(c.name, n).root, epochs, heads.ALL_TRAIN)
-    recall = heads.held_out_recall(run, held_out, heads.anchor_of(manifest), ks)
+    syn, config = read_set(manifest, n, ref.train.classes)
+    condensed = Score.of(probe_accuracy(SmallSet.of(syn), ref.test, c.probe_c), ref.accuracy)
+    random = random_score(ref.train, ref.test, n, c.seeds, c.seed, c.probe_c, ref.accuracy)
+    herding = Score.of(probe_accuracy(kmeans_centres(ref.train, n, c.seed), ref.test, c.probe_c), ref.accuracy)
+    recall = heads_on(manifest, manifest.layout.condensed_set(c.name, n).root, len(syn), ref)
+    subset = random_subset(ref.train, n, c.seed * 7919)  # the first of the probe's random draws
+    scratch = manifest.layout.condensed_report(c.name).work(f"random-{n}")
+    heads.write_real_store(manifest, space, subset, scratch)
+    random_recall = heads_on(manifest, scratch.root, len(subset), ref)
     log.info("condense-eval %d/class: probe condensed %.3f, random %.3f +- %.3f, herding %.3f, full %.3f; "
-             "heads R@1 %.3f (full %.3f)", n, condensed.accuracy, random.accuracy_mean, random.accuracy_std,
-             herding.accuracy, full, heads.mean_recall(recall), heads.mean_recall(full_recall))
+             "heads R@1 condensed %.3f, random %.3f, full %.3f", n, condensed.accuracy, random.accuracy_mean,
+             random.accuracy_std, herding.accuracy, ref.accuracy, heads.mean_recall(recall),
+             heads.mean_recall(random_recall), heads.mean_recall(ref.recall))
     return SizeReport(n, len(syn), condensed, random, herding,
-                      {"recall": recall, "share_of_full": heads.share(recall, full_recall, ks)}, config["seconds"])
+                      {"condensed": recall, "random": random_recall,
+                       "condensed_share_of_full": heads.share(recall, ref.recall, ks),
+                       "random_share_of_full": heads.share(random_recall, ref.recall, ks)}, config["seconds"])
 
 
 def write_plot(path, sizes: list[SizeReport], full: float, title: str) -> None:
@@ -126,16 +157,17 @@ def run(manifest: Manifest) -> dict[str, Any]:
     report = manifest.layout.condensed_report(c.name)
     real = report.work("real")
     heads.write_real_store(manifest, space, keep_classes(load_pairs(manifest, space), train.classes), real)
-    full_steps = heads.steps_of(len(train), t.batch_size, t.epochs)
     full_run = heads.train(manifest, real.root, t.epochs, t.val_fraction)
-    full_recall = heads.held_out_recall(full_run, held_out, heads.anchor_of(manifest), manifest.eval.ks)
-    sizes = [size_report(manifest, n, train, test, full, full_recall, held_out, full_steps) for n in c.per_class]
+    ref = Reference(train, held_out, test, full,
+                    heads.held_out_recall(full_run, held_out, heads.anchor_of(manifest), manifest.eval.ks),
+                    heads.steps_of(len(train), t.batch_size, t.epochs))
+    sizes = [size_report(manifest, space, n, ref) for n in c.per_class]
     out = {"name": c.name, "space": c.space, "modalities": list(c.modalities), "classes": train.classes,
            "train_pairs": len(train), "held_out_pairs": len(held_out),
            "split": {"seed": t.seed, "val_fraction": t.val_fraction},
            "probe": {"features": "[" + "; ".join(c.modalities) + "]", "C": c.probe_c, "full_accuracy": round(full, 6),
                      "random_seeds": c.seeds},
-           "heads": {"steps": full_steps, "full": full_recall},
+           "heads": {"steps": ref.steps, "full": ref.recall},
            "sizes": [dataclasses.asdict(s) for s in sizes], "seconds": round(time.perf_counter() - start, 2)}
     atomic_write_text(report.report_json, json.dumps(out, indent=2))
     write_plot(report.plot("accuracy"), sizes, full, f"{c.name}: {len(train.classes)} classes, "
