@@ -38,6 +38,14 @@ eval manifest=default_manifest *overrides:
 analyze manifest=default_manifest *overrides:
     {{venv}}/bindery analyze {{manifest}} {{overrides}}
 
+# ImageBindDC: condense labelled pairs into [condense] per_class synthetic pairs -> condensed/<name>-<n>/
+condense manifest=default_manifest *overrides:
+    {{venv}}/bindery condense {{manifest}} {{overrides}}
+
+# train on the condensed sets, test on real held-out pairs -> condensed/<name>/report.json
+condense-eval manifest=default_manifest *overrides:
+    {{venv}}/bindery condense-eval {{manifest}} {{overrides}}
+
 # write a publishable dataset bundle
 publish manifest=default_manifest *overrides:
     {{venv}}/bindery publish {{manifest}} {{overrides}}

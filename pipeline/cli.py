@@ -26,6 +26,8 @@ STAGES = {
     "train": ("trainer.train:run", "fit projection heads on the cached vectors"),
     "eval": ("trainer.eval.evaluate:run", "Recall@K, zero-shot and EShot metrics of a run"),
     "analyze": ("trainer.analyze.stage:run", "fuse, reduce, cluster, score and map a bound space (Hamara & Rivas)"),
+    "condense": ("trainer.condense.stage:run", "ImageBindDC: condense labelled pairs into a few synthetic pairs per class"),
+    "condense-eval": ("trainer.condense.report:run", "train on the condensed sets, test on real held-out pairs"),
     "publish": ("pipeline.publish.stage:run", "write a self-describing dataset bundle"),
     "import-heads": ("pipeline.heads.stage:run", "load EBind-layout heads (ebind-full safetensors) into a run"),
 }

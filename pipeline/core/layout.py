@@ -13,7 +13,8 @@ and fails when one appears elsewhere. The layout (DESIGN.md, "Contracts")::
     <output>/pairs/...                               neighbours, quintuples, chunks, indexes, summary
     <output>/runs/<run>/...                          heads, config, metrics, checkpoints
     <output>/bridge/<name>/                          BrokenBind pseudo stores (a store layout)
-    <output>/condensed/<name>/                       ImageBindDC synthetic stores (a store layout)
+    <output>/condensed/<name>-<n>/                   ImageBindDC synthetic stores (a store layout), n per class
+    <output>/condensed/<name>/report.json            ImageBindDC's report: trained on the sets, tested on real
     <output>/analysis/<name>/                        fused-embedding analysis
     <output>/publish/                                the default bundle folder
 """
@@ -166,6 +167,24 @@ class AnalysisLayout:
 
 
 @dataclass(frozen=True)
+class CondenseReportLayout:
+    """``<output>/condensed/<name>/``: the report over every size of one condensation."""
+
+    root: Path
+
+    @property
+    def report_json(self) -> Path:
+        return self.root / "report.json"
+
+    def plot(self, name: str) -> Path:
+        return self.root / f"{name}.png"
+
+    def work(self, name: str) -> OutputLayout:
+        """A scratch store the report trains on (e.g. the real pairs in the condensation space)."""
+        return OutputLayout(self.root / name)
+
+
+@dataclass(frozen=True)
 class OutputLayout:
     """Every path of one output folder. Derived stores (bridge, condensed) are layouts themselves."""
 
@@ -240,12 +259,23 @@ class OutputLayout:
     def condensed(self, name: str) -> OutputLayout:
         return OutputLayout(self.root / "condensed" / name)
 
+    def condensed_set(self, name: str, per_class: int) -> OutputLayout:
+        """One condensed set: ``condensed/<name>-<per_class>/``."""
+        return self.condensed(f"{name}-{per_class}")
+
+    def condensed_report(self, name: str) -> CondenseReportLayout:
+        return CondenseReportLayout(self.root / "condensed" / name)
+
     @property
     def condensed_root(self) -> Path:
         return self.root / "condensed"
 
     def analysis(self, name: str) -> AnalysisLayout:
         return AnalysisLayout(self.root / "analysis" / name)
+
+    def plot(self, name: str) -> Path:
+        """A figure at the top of a derived store (e.g. a condensed set's loss curves)."""
+        return self.root / f"{name}.png"
 
     @property
     def derived_config(self) -> Path:

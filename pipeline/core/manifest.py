@@ -215,23 +215,28 @@ class BridgeConfig:
 class CondenseConfig:
     """ImageBindDC (METHODS.md section 5): a few synthetic pairs per class, by CF distribution matching."""
 
-    name: str = "default"  # condensed sets go to <output>/condensed/<name>-<per_class>/
-    modalities: tuple[str, ...] = ("image", "text")  # two or more modalities that co-occur
+    name: str = "default"  # condensed sets go to <output>/condensed/<name>-<per_class>/, the report to <output>/condensed/<name>/
+    modalities: tuple[str, ...] = ("image", "text")  # two or more modalities that co-occur (same sample keys)
     label_key: str = "label"  # field of the samples' json metadata that holds the class
     per_class: tuple[int, ...] = (1, 10, 20)  # synthetic pairs per class; one set for each value
-    steps: int = 500  # optimisation steps per set
-    lr: float = 0.01  # Adam learning rate of the synthetic vectors
-    frequencies: int = 4096  # CFD frequencies drawn per step (NCFM: 4096)
-    sigma: float = 1.0  # standard deviation of the CFD frequencies (NCFM: 1)
+    steps: int = 300  # optimisation steps per set (one Adam step on every class per step)
+    lr: float = 0.01  # Adam learning rate of the synthetic vectors' parameters theta (items are unit(theta))
+    frequencies: int = 4096  # CFD frequencies drawn per step and modality (NCFM: 4096)
+    sigma: float = 1.0  # standard deviation of the CFD frequencies (NCFM: 1, on L2-normalised features)
     alpha: float = 0.5  # CFD amplitude weight (NCFM: 0.5)
     beta: float = 0.5  # CFD phase weight (NCFM: 0.5)
-    cross_weight: float = 1.0  # weight of the cross-modal term (element-wise products)
+    cross_weight: float = 1.0  # weight of the cross-modal term (element-wise products; needs equal dims)
     joint_weight: float = 1.0  # weight of the joint term (cross-product matrix)
-    batch_size: int = 256  # real items per class per step
-    init: str = "real"  # real (random real pairs of the class) | noise
+    batch_size: int = 256  # real pairs per class per step (all of a smaller class)
+    init: str = "real"  # real (random real pairs of the class) | noise (random directions)
     space: str = "store"  # store (the raw stores) | the name of a run whose exported heads give the space
+    min_items: int = 2  # classes with fewer training pairs are left out of the sets and the report
+    memory_gb: float = 2.0  # budget of one forward pass's frequency projections; classes go in chunks that fit
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
     evaluate: bool = False  # also write condensed/<name>/report.json (train on condensed, test on real)
-    seed: int = 0  # seeds the init, the frequencies and the batches
+    seeds: int = 5  # report: random real subsets drawn per size (mean and spread)
+    probe_c: float = 10.0  # report: inverse L2 strength (scikit-learn's C) of the logistic-regression probe, one for every set
+    seed: int = 0  # seeds the init, the frequencies, the batches and the report's baselines
     CHOICES: typing.ClassVar[dict[str, tuple[str, ...]]] = {"init": ("real", "noise")}
 
 
@@ -519,12 +524,24 @@ def _check_condense(m: Manifest) -> None:
     c = m.condense
     for mod in c.modalities:
         _modality("condense.modalities", mod)
+    if len(set(c.modalities)) < 2 or len(set(c.modalities)) != len(c.modalities):
+        raise ManifestError(f"condense.modalities: {list(c.modalities)} must name two or more different "
+                            "modalities that co-occur, like [\"image\", \"text\"]")
+    if not c.per_class or len(set(c.per_class)) != len(c.per_class):
+        raise ManifestError(f"condense.per_class: {list(c.per_class)} must be distinct sizes, like [1, 10, 20]")
     for n in c.per_class:
         _positive("condense.per_class", n)
-    for key in ("steps", "lr", "frequencies", "sigma", "batch_size"):
+    for key in ("steps", "lr", "frequencies", "sigma", "batch_size", "min_items", "memory_gb", "seeds", "probe_c"):
         _positive(f"condense.{key}", getattr(c, key))
     for key in ("alpha", "beta", "cross_weight", "joint_weight"):
         _non_negative(f"condense.{key}", getattr(c, key))
+    if c.alpha + c.beta <= 0:
+        raise ManifestError("condense.alpha / condense.beta: at least one must be > 0 (NCFM: 0.5 and 0.5)")
+    if not c.name.strip() or "/" in c.name:
+        raise ManifestError(f"condense.name: {c.name!r} must be a plain folder name")
+    if not c.space.strip():
+        raise ManifestError("condense.space: must be \"store\" or the name of a trained run")
+    _device("condense.device", c.device)
 
 
 def _check_fuse(terms: tuple[str, ...]) -> None:
