@@ -26,9 +26,11 @@ from trainer.condense.sets import ClassSampler, LabelledPairs, initial_sets
 from trainer.losses.cf import LossWeights, condense_loss, draw_frequencies
 
 log = logging.getLogger(__name__)
-# float32 tensors of (frequencies x items) held per modality in one chunk's forward and backward:
-# the projection, its cosine and sine, and their gradients
+# float32 tensors of (frequencies x items) held per modality in one chunk's forward and backward
+# (the projection, its cosine and sine, their gradients), and of (batch x items) Gram matrices per
+# pair of modalities (the joint term's)
 PROJECTION_COPIES = 6
+GRAM_COPIES = 4
 
 
 @dataclass
@@ -60,8 +62,10 @@ class Condensed:
 
 def class_chunks(classes: int, batch: int, per_class: int, frequencies: int, modalities: int,
                  memory_gb: float) -> list[np.ndarray]:
-    """Class indices split so one chunk's projections fit ``memory_gb``."""
-    per_class_bytes = PROJECTION_COPIES * 4 * frequencies * (batch + per_class) * modalities
+    """Class indices split so one chunk's projections and Gram matrices fit ``memory_gb``."""
+    items = batch + per_class
+    pairs = modalities * (modalities - 1) // 2
+    per_class_bytes = 4 * (PROJECTION_COPIES * frequencies * items * modalities + GRAM_COPIES * pairs * batch * items)
     size = max(1, min(classes, int(memory_gb * 2**30 // per_class_bytes)))
     return np.array_split(np.arange(classes), math.ceil(classes / size))
 

@@ -108,16 +108,33 @@ def cross_modal(ra: torch.Tensor, rb: torch.Tensor, group: torch.Tensor, sa: tor
     return cosine_distance(real, (sa * sb).mean(1))
 
 
+def pad_groups(x: torch.Tensor, group: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of ``x`` laid out as ``(groups, largest group, d)``, zero rows after each group's own,
+    and each group's size."""
+    counts = torch.bincount(group, minlength=groups)
+    order = torch.argsort(group, stable=True)
+    starts = torch.cumsum(counts, 0) - counts
+    pos = torch.arange(len(group), device=x.device) - starts[group[order]]
+    out = x.new_zeros(groups, int(counts.max()) if len(group) else 0, x.shape[1])
+    out[group[order], pos] = x[order]
+    return out, counts
+
+
 def joint_modal(ra: torch.Tensor, rb: torch.Tensor, group: torch.Tensor, sa: torch.Tensor,
                 sb: torch.Tensor) -> torch.Tensor:
-    """``1 - cos(vec(R_a^T R_b / n), vec(S_a^T S_b / m))`` per class: ``(classes,)``; any two dims."""
-    classes = sa.shape[0]
-    order = torch.argsort(group, stable=True)
-    counts = torch.bincount(group, minlength=classes).tolist()
-    real = torch.stack([(a.T @ b).flatten() / max(1, len(a)) for a, b in
-                        zip(ra[order].split(counts), rb[order].split(counts), strict=True)])
-    syn = torch.einsum("gma,gmb->gab", sa, sb).flatten(1) / sa.shape[1]
-    return cosine_distance(real, syn)
+    """``1 - cos(vec(R_a^T R_b / n), vec(S_a^T S_b / m))`` per class: ``(classes,)``; any two dims.
+
+    Computed without the ``d_a x d_b`` matrices: ``<vec(A^T B), vec(C^T D)> = sum((A C^T) * (B D^T))``,
+    so a class costs ``n (n + m) d`` instead of ``n d_a d_b`` and holds ``n x (n + m)`` Gram entries.
+    The ``1/n`` and ``1/m`` scales cancel in the cosine. Zero padding rows add nothing to any sum.
+    """
+    pa, counts = pad_groups(ra, group, sa.shape[0])
+    pb, _ = pad_groups(rb, group, sa.shape[0])
+    inner = ((pa @ sa.transpose(1, 2)) * (pb @ sb.transpose(1, 2))).sum((1, 2))
+    real_sq = ((pa @ pa.transpose(1, 2)) * (pb @ pb.transpose(1, 2))).sum((1, 2))
+    syn_sq = ((sa @ sa.transpose(1, 2)) * (sb @ sb.transpose(1, 2))).sum((1, 2))
+    cos = inner / torch.sqrt((real_sq * syn_sq).clamp(min=1e-24))
+    return torch.where(counts > 0, 1 - cos, torch.ones_like(cos))
 
 
 @dataclass(frozen=True)
