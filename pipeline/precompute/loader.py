@@ -12,6 +12,7 @@ preprocessor per batch, and yields typed messages in shard order:
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -21,6 +22,7 @@ from typing import Any
 
 import torch
 
+from pipeline.core.hashing import bytes_sha256
 from pipeline.core.manifest import ModalityConfig, PrecomputeConfig
 from pipeline.encoders.base import Batch
 from pipeline.ingest.decode import DecodeError, decode_member
@@ -152,7 +154,7 @@ class _ShardReader:
             self.samples += 1
             key = str(sample["__key__"])
             if DUPLICATE not in sample:  # a key repeated in its shard: one metadata row, its first
-                self.metadata.append((key, _json_text(sample.get("json"))))
+                self.metadata.append((key, _json_text(sample.get("json")), member_hashes(sample)))
             for m in self.work.modalities:
                 if self._decode(sample, key, m) and len(self.pending[m].keys) >= self.plans[m].config.batch_size:
                     yield from self._flush(m)
@@ -165,7 +167,7 @@ class _ShardReader:
         if fault.partial_key is not None:
             for m in self.work.modalities:
                 self.status[m].append((fault.partial_key, "error", f"shard read fault: {fault.error}"))
-            self.metadata.append((fault.partial_key, ""))
+            self.metadata.append((fault.partial_key, "", "{}"))
 
     def _decode(self, sample: dict[str, Any], key: str, modality: str) -> bool:
         """Decode one member into the pending batch; False (and a status row) when it is bad."""
@@ -214,6 +216,12 @@ class _ShardReader:
 def _tensors(batch: Batch) -> Batch:
     """NumPy values as tensors: the DataLoader's own conversion, which passes a dataclass by."""
     return torch.utils.data.default_convert(batch)
+
+
+def member_hashes(sample: dict[str, Any]) -> str:
+    """``{"ext": sha256}`` of each member's bytes, as json (for the leak and duplicate checks)."""
+    return json.dumps({ext: bytes_sha256(data if isinstance(data, bytes) else str(data).encode())
+                       for ext, data in sorted(sample.items()) if not ext.startswith("__")}, sort_keys=True)
 
 
 def _json_text(data: Any) -> str:
