@@ -11,10 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from pipeline.core.split import is_val
 from tests.launch import torchrun
 from tests.trainer.conftest import DIMS, load_checked, make_manifest
 from trainer import train
-from trainer.data.rows import is_val
 from trainer.eval import evaluate
 
 

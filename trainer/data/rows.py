@@ -18,7 +18,6 @@ webdataset, a decoder or an encoder.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch
 
 from pipeline.core.layout import OutputLayout
 from pipeline.core.manifest import TrainConfig
+from pipeline.core.split import is_val
 from pipeline.core.store import read_store, stored_modalities
 from trainer.batch import Batch, ModalityBatch
 from trainer.data import emm1
@@ -40,15 +40,6 @@ log = logging.getLogger(__name__)
 
 TRIPLE_LABELS = ("good", "partial", "bad")
 TRIPLE_COLUMNS = ("query_key", "modality", "target_key", "label")
-
-
-def is_val(keys: list[str] | np.ndarray, seed: int, fraction: float) -> np.ndarray:
-    """Held-out flag per key: a hash of ``seed:key``, so a key keeps its side as data grows."""
-    out = np.empty(len(keys), dtype=bool)
-    for i, key in enumerate(keys):
-        h = hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest()
-        out[i] = int.from_bytes(h, "little") / 2.0**64 < fraction
-    return out
 
 
 def key_index(store_keys: np.ndarray, wanted: list | np.ndarray | pa.Array) -> np.ndarray:

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from pipeline.core.heads_file import load_heads, project
 from pipeline.core.layout import OutputLayout, RunLayout
 from pipeline.core.manifest import TrainConfig
+from pipeline.core.split import is_val
 from pipeline.core.store import read_store, stored_modalities
-from trainer.data.rows import is_val
 
 CHUNK = 65536
 

@@ -20,7 +20,7 @@ from tests.planted import write_planted_stores
 from tests.trainer.conftest import DIMS, load_checked, make_manifest, write_quintuples
 from trainer import train
 from trainer.batch import Batch
-from trainer.data.rows import is_val
+from pipeline.core.split import is_val
 from trainer.data.stream import MappedStore
 from trainer.train import epoch_blocks, make_batch, train_rows
 

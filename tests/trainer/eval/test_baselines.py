@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from pipeline.core.manifest import ManifestError, from_dict
+from pipeline.core.split import is_val
 from tests.planted import unit, write_planted_stores
 from tests.trainer.conftest import make_manifest
 from trainer import train
-from trainer.data.rows import is_val
 from trainer.eval import evaluate
 from trainer.eval.baselines import cv_lambda, fit_ridge, ridge_path
 

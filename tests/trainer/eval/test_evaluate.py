@@ -12,11 +12,11 @@ import torch
 
 from pipeline.core.heads_file import load_heads
 from pipeline.core.samples import sample_labels
+from pipeline.core.split import is_val
 from pipeline.core.store import atomic_write_table, embeddings_dir, read_part, read_store, write_embeddings
 from tests.planted import unit, write_planted_stores
 from tests.trainer.conftest import DIMS, make_manifest
 from trainer import train
-from trainer.data.rows import is_val
 from trainer.eval import evaluate
 from trainer.eval.retrieval import ranks_of_truth
 from trainer.model.export import export
