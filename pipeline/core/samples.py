@@ -18,7 +18,7 @@ from pipeline.core.layout import OutputLayout
 from pipeline.core.store import atomic_write_table, list_parts, read_table
 
 METADATA_SCHEMA = pa.schema([("key", pa.string()), ("json", pa.string()), ("sha256", pa.string())])
-# ``sha256``: json ``{"ext": hex sha256}`` of the sample's members (parts written before it lack the column)
+# ``sha256``: json ``{modality: hex sha256}`` of the member each modality reads (parts written before it lack the column)
 
 
 def parse_sample_json(text: str | bytes | None) -> dict[str, Any]:
@@ -58,7 +58,7 @@ def sample_labels(layout: OutputLayout, label_key: str) -> dict[str, str]:
 
 
 def member_hashes(layout: OutputLayout) -> dict[str, dict[str, str]]:
-    """key -> ``{ext: sha256}`` of its members, for every sample whose metadata part records them."""
+    """key -> ``{modality: sha256}`` of its members, for every sample whose metadata part records them."""
     out: dict[str, dict[str, str]] = {}
     for part in metadata_parts(layout):
         if "sha256" not in pq.read_schema(part).names:

@@ -23,9 +23,9 @@ from typing import Any
 import torch
 
 from pipeline.core.hashing import bytes_sha256
-from pipeline.core.manifest import ModalityConfig, PrecomputeConfig
+from pipeline.core.manifest import MODALITIES, ModalityConfig, PrecomputeConfig
 from pipeline.encoders.base import Batch
-from pipeline.ingest.decode import DecodeError, decode_member
+from pipeline.ingest.decode import DecodeError, decode_member, find_member
 from pipeline.ingest.shards import (
     DEFAULT_MAX_MEMBER_BYTES,
     DUPLICATE,
@@ -219,9 +219,12 @@ def _tensors(batch: Batch) -> Batch:
 
 
 def member_hashes(sample: dict[str, Any]) -> str:
-    """``{"ext": sha256}`` of each member's bytes, as json (for the leak and duplicate checks)."""
-    return json.dumps({ext: bytes_sha256(data if isinstance(data, bytes) else str(data).encode())
-                       for ext, data in sorted(sample.items()) if not ext.startswith("__")}, sort_keys=True)
+    """``{modality: sha256}`` of the member each modality reads (the one :func:`find_member` picks), as
+    json: what the trainer's leak and duplicate checks compare (exact copies, identical captions)."""
+    found = {m: find_member(sample, m) for m in MODALITIES}
+    return json.dumps({m: bytes_sha256(f[1] if isinstance(f[1], bytes) else f[1].encode())
+                       for m, f in found.items() if f is not None and isinstance(f[1], bytes | str)},
+                      sort_keys=True)
 
 
 def _json_text(data: Any) -> str:

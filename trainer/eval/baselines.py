@@ -142,7 +142,7 @@ def chance(space: Space, split: str, ks: tuple[int, ...]) -> dict[str, dict[str,
 
 
 def baselines(train: TrainConfig, layout: OutputLayout, space: Space, split: str, ks: tuple[int, ...],
-              lam: float) -> dict[str, Any]:
+              lam: float, caption_groups: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """``{"ridge": {"q->t": {"R@K": ..., "n": ...}}, "ridge_lambda": {m: lambda}, "ridge_cv": {m: {lambda:
     score}}, "chance": {"q->t": {"R@K": ...,
     "gallery": N}}}`` for the run loaded in ``space`` (its heads' vectors are left as they are); ``train``
@@ -154,6 +154,6 @@ def baselines(train: TrainConfig, layout: OutputLayout, space: Space, split: str
             raise RuntimeError(f"ridge baseline: {m}'s store changed during evaluation; rerun `bindery eval`")
     ridge_space = dataclasses.replace(space, vecs={**space.vecs, **vecs})
     pairs = [(q, t) for q, t in ordered_pairs(space) if q in vecs or t in vecs]
-    return {"ridge": recall(ridge_space, split, ks, pairs), "ridge_lambda": maps.lambdas,
+    return {"ridge": recall(ridge_space, split, ks, pairs, caption_groups), "ridge_lambda": maps.lambdas,
             "ridge_lambda_by": "cv" if not lam else "manifest", "ridge_cv": maps.cv,
             "chance": chance(space, split, ks)}
