@@ -175,7 +175,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # save_state every N steps; 0 = at an epoch's end if the last save is > 2 min old
     bridge: str = ""  # a `bindery bridge` output under <output>/bridge/ whose pseudo partners to train on; "" = none
     export_ebind: bool = False  # also write runs/<run>/ebind-heads.safetensors in EBind's layout (projectors.<m>.net.<i>.*)
-    early_stop_fraction: float = 0.15  # share of training-side keys held back to pick the best epoch; 0 = train every epoch, keep the last
+    early_stop_fraction: float = 0.1  # share of training-side keys held back to pick the best epoch; 0 = train every epoch, keep the last
     patience: int = 10  # epochs without a better validation score before training stops
     CHOICES: typing.ClassVar[dict[str, tuple[str, ...]]] = {
         "precision": ("no", "bf16", "fp16"),
