@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline.core.layout import OutputLayout
-from pipeline.core.store import atomic_write_table, list_parts, read_table
+from pipeline.core.store import atomic_write_table, list_parts, open_part, read_table
 
 METADATA_SCHEMA = pa.schema([("key", pa.string()), ("json", pa.string()), ("sha256", pa.string())])
 # ``sha256``: json ``{modality: hex sha256}`` of the member each modality reads (parts written before it lack the column)
@@ -61,9 +61,9 @@ def member_hashes(layout: OutputLayout) -> dict[str, dict[str, str]]:
     """key -> ``{modality: sha256}`` of its members, for every sample whose metadata part records them."""
     out: dict[str, dict[str, str]] = {}
     for part in metadata_parts(layout):
-        if "sha256" not in pq.read_schema(part).names:
+        if "sha256" not in open_part(part).schema_arrow.names:
             continue
-        table = pq.read_table(part, columns=["key", "sha256"])
+        table = read_table(part, ["key", "sha256"])
         for key, text in zip(table.column("key").to_pylist(), table.column("sha256").to_pylist(), strict=True):
             out[key] = parse_sample_json(text)
     return out
