@@ -32,8 +32,10 @@ def parse_sample_json(text: str | bytes | None) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def write_metadata(layout: OutputLayout, shard_id: str, rows: list[tuple[str, str, str]]) -> None:
-    """One shard's ``(key, json text, member sha256 json)`` rows as its metadata part."""
+def write_metadata(layout: OutputLayout, shard_id: str, rows: list[tuple[str, ...]]) -> None:
+    """One shard's ``(key, json text, member sha256 json)`` rows as its metadata part; a row without
+    the third field (metadata not read from a shard, e.g. condensed sets) records no hashes."""
+    rows = [(*r, "{}")[:3] for r in rows]
     cols = list(zip(*rows, strict=True)) if rows else [[], [], []]
     table = pa.Table.from_arrays([pa.array(list(c), pa.string()) for c in cols], schema=METADATA_SCHEMA)
     atomic_write_table(table, layout.metadata_part(shard_id))
