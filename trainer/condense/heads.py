@@ -24,7 +24,7 @@ from pipeline.core.manifest import Manifest, from_dict
 from pipeline.core.store import write_embeddings
 from trainer.condense.sets import LabelledPairs
 from trainer.condense.space import Space
-from trainer.eval.evaluate import ranks_of_truth, topk_accuracy
+from trainer.eval.retrieval import ranks_of_truth, topk_accuracy
 
 RUN = "condense-report"
 ALL_TRAIN = 1e-9  # val_fraction of a condensed set's run: every synthetic pair trains
