@@ -17,7 +17,7 @@ import logging
 import math
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from trainer.batch import Batch
 from trainer.bridge import hooks as bridge
 from trainer.checks import check_rows, check_train
 from trainer.data.rows import CachedData, load
+from trainer.early_stop import BestEpoch, StopSlice, carve, plot_curve, score
 from trainer.losses.registry import make_loss
 from trainer.model.export import export
 from trainer.model.heads import Binder
@@ -125,6 +126,8 @@ class Trainer:
     steps_per_epoch: int
     total: int  # steps of the whole run
     fingerprint: str  # what a checkpoint must match to be resumed
+    stop: StopSlice | None = None  # the early-stopping slice (None: train every epoch, keep the last)
+    best: BestEpoch | None = None
 
     @property
     def binder(self) -> Binder:
@@ -137,6 +140,7 @@ class Progress:
     seen: int = 0  # samples trained on in this call (all ranks)
     last_loss: float = float("nan")
     stopped: bool = False  # stopped early by stop_after_steps
+    saved_at: float = field(default_factory=time.perf_counter)  # last checkpoint save
 
 
 def make_accelerator(train: TrainConfig, run: RunLayout):
@@ -215,13 +219,33 @@ def read_ahead(tr: Trainer) -> int:
     return ahead
 
 
+def end_of_epoch(tr: Trainer, epoch: int, progress: Progress) -> bool:
+    """Score the early-stopping slice (True: stop now) and save a checkpoint when due."""
+    done = False
+    if tr.best is not None and tr.stop is not None:
+        value = score(tr.binder, tr.data, tr.stop)
+        tr.accelerator.log({"val_mrr": value}, step=progress.step)
+        done = tr.best.update(epoch, value, tr.binder)
+        if done:
+            log.info("early stop after epoch %d: no better validation score since epoch %d",
+                     epoch + 1, tr.best.best_epoch + 1)
+    last = done or progress.step == tr.total
+    if not tr.train.checkpoint_every and (last or time.perf_counter() - progress.saved_at > EPOCH_SAVE_S):
+        save_checkpoint(tr, progress.step)
+        progress.saved_at = time.perf_counter()
+    return done
+
+
 def loop(tr: Trainer, step: int, stop_after_steps: int | None = None) -> Progress:
     """Train from ``step`` to the end: each epoch's seeded blocks, this rank's slice of each step,
     stream read-ahead, a log row every 10 steps, checkpoints every ``checkpoint_every`` steps (or at
-    an epoch's end when the last save is older than EPOCH_SAVE_S), an early stop after ``stop_after_steps``."""
+    an epoch's end when the last save is older than EPOCH_SAVE_S), an early stop after ``stop_after_steps``,
+    and the early-stopping slice scored after every epoch (:func:`end_of_epoch`)."""
     t, acc, data = tr.train, tr.accelerator, tr.data
     world, rank = acc.num_processes, acc.process_index
-    ahead, progress, saved_at = read_ahead(tr), Progress(step), time.perf_counter()
+    ahead, progress = read_ahead(tr), Progress(step)
+    if tr.best is not None:
+        tr.best.first = step // tr.steps_per_epoch
     with tqdm(total=tr.total, initial=step, desc="train", disable=not acc.is_main_process) as bar:
         for epoch in range(step // tr.steps_per_epoch, t.epochs):
             blocks = epoch_blocks(len(data.train_idx), epoch, t.seed, t.batch_size, world)
@@ -243,9 +267,8 @@ def loop(tr: Trainer, step: int, stop_after_steps: int | None = None) -> Progres
                     return progress
                 if t.checkpoint_every and progress.step % t.checkpoint_every == 0:
                     save_checkpoint(tr, progress.step)
-            if not t.checkpoint_every and (progress.step == tr.total or time.perf_counter() - saved_at > EPOCH_SAVE_S):
-                save_checkpoint(tr, progress.step)
-                saved_at = time.perf_counter()
+            if end_of_epoch(tr, epoch, progress):
+                break
     return progress
 
 
@@ -256,7 +279,23 @@ def summarize(tr: Trainer, resumed_from: int, progress: Progress, seconds: float
             "rows": len(data.rows), "train_rows": len(data.train_idx), "val_rows": len(data.val_idx),
             "modalities": data.modalities, "anchor": t.anchor, "seconds": round(seconds, 2),
             "samples_per_s": round(progress.seen / seconds, 1) if seconds > 0 else None,
-            "run_dir": str(tr.run.root)}
+            "run_dir": str(tr.run.root),
+            "early_stopping": tr.best.report(tr.stop) if tr.best is not None and tr.stop is not None else None}
+
+
+def hold_back(t: TrainConfig, data: CachedData) -> tuple[CachedData, StopSlice | None]:
+    """Carve the early-stopping slice out of the training rows (None when off or when it holds no
+    truth-known pair: then every training row is trained on and the last epoch is kept)."""
+    if not t.early_stop_fraction:
+        return data, None
+    fit, stop = carve(data, t.early_stop_fraction, t.seed)
+    if stop.empty or not len(fit):
+        log.warning("early stopping off: the train.early_stop_fraction=%g slice holds no own-caption pair",
+                    t.early_stop_fraction)
+        return data, None
+    log.info("early stopping on %d training-side rows (%s); fitting on %d", stop.rows,
+             {m: len(a) for m, (a, _) in stop.pairs.items()}, len(fit))
+    return dataclasses.replace(data, train_idx=fit), stop
 
 
 def run(manifest: Manifest, stop_after_steps: int | None = None, pivot_only: bool = False) -> dict[str, Any]:
@@ -274,9 +313,12 @@ def run(manifest: Manifest, stop_after_steps: int | None = None, pivot_only: boo
     accelerator = make_accelerator(t, layout.run(t.run))
     data = bridge.load_data(manifest, accelerator.device, pivot_only) if t.bridge else load(t, layout, accelerator.device)
     check_rows(t, data)
+    data, stop = (data, None) if t.bridge else hold_back(t, data)  # a bridge run keeps its own rows
     tr = setup(t, layout, accelerator, data)
     if t.bridge:  # the loss state (a queue) stays the registered inner loss's
         tr.loss_fn = bridge.wrap_loss(tr.loss_fn, manifest, data, pivot_only)
+    if stop is not None:
+        tr.stop, tr.best = stop, BestEpoch(t.patience)
     resumed_from = resume(tr)
     start = time.perf_counter()
     progress = loop(tr, resumed_from, stop_after_steps)
@@ -285,9 +327,13 @@ def run(manifest: Manifest, stop_after_steps: int | None = None, pivot_only: boo
         return {"run": t.run, "stopped_at": progress.step, "total_steps": tr.total}
     seconds = time.perf_counter() - start
     accelerator.wait_for_everyone()
+    if tr.best is not None:
+        tr.best.restore(tr.binder)  # every rank holds the same best weights
     summary = summarize(tr, resumed_from, progress, seconds)
     summary |= bridge.summary(manifest, data, pivot_only, emergent) if t.bridge else {}
     if accelerator.is_main_process:
+        if summary["early_stopping"]:
+            plot_curve(tr.run.validation_curve, summary["early_stopping"], t.run)
         export(tr.run.root, tr.binder, {"manifest": manifest.to_dict(), "train_summary": summary})
     finish(accelerator)
     return summary

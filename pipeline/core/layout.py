@@ -139,6 +139,11 @@ class RunLayout:
         """The training log (``step,name,value`` rows)."""
         return self.root / "train_log.csv"
 
+    @property
+    def validation_curve(self) -> Path:
+        """The early-stopping validation curve (PNG)."""
+        return self.root / "validation_curve.png"
+
     def file(self, name: str) -> Path:
         return self.root / name
 

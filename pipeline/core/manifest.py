@@ -56,6 +56,7 @@ class ModalityConfig:
 @dataclass(frozen=True)
 class ImageConfig(ModalityConfig):
     max_pixels: int = 64_000_000  # decoded images larger than this are a status row
+    background: str = "white"  # colour transparent pixels (RGBA, LA, palette transparency) are composited onto
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,7 @@ class PairConfig:
     nprobe: int = 32  # IVF lists probed per query
     device: str = "auto"  # torch engine device: auto (cuda when available) | cpu | cuda | cuda:N
     save_index: bool = True  # write pairs/index/<m>.faiss + <m>.keys.parquet per target modality
+    accept_quantile: float = 0.95  # accept a partner only above this quantile of true non-pair top scores (calibrated on own captions); 0 = accept all
     CHOICES: typing.ClassVar[dict[str, tuple[str, ...]]] = {
         "engine": ("auto", "torch", "faiss-flat", "faiss-ivf"),
     }
@@ -173,6 +175,8 @@ class TrainConfig:
     checkpoint_every: int = 0  # save_state every N steps; 0 = at an epoch's end if the last save is > 2 min old
     bridge: str = ""  # a `bindery bridge` output under <output>/bridge/ whose pseudo partners to train on; "" = none
     export_ebind: bool = False  # also write runs/<run>/ebind-heads.safetensors in EBind's layout (projectors.<m>.net.<i>.*)
+    early_stop_fraction: float = 0.1  # share of training-side keys held back to pick the best epoch; 0 = train every epoch, keep the last
+    patience: int = 10  # epochs without a better validation score before training stops
     CHOICES: typing.ClassVar[dict[str, tuple[str, ...]]] = {
         "precision": ("no", "bf16", "fp16"),
         "partial": ("drop", "soft"),
@@ -187,7 +191,9 @@ class EvalConfig:
     split: str = "val"  # val | all
     label_key: str = "label"  # field of the samples' json metadata that holds the class
     eshot: tuple[str, ...] = ("audio:points", "points:audio")  # EShot pairs, query:class-source
-    ridge_lambda: float = 1.0  # L2 penalty of the closed-form ridge baseline (metrics.json "baselines")
+    ridge_lambda: float = 0.0  # L2 penalty of the closed-form ridge baseline; 0 = chosen by 5-fold CV on training rows
+    near_duplicate: float = 0.98  # cosine (in the encoder's own space) at which a held-out item counts as a near-duplicate of a training item
+    drop_duplicates: bool = False  # leave held-out items that duplicate a training item (exact or near) out of the scores
     CHOICES: typing.ClassVar[dict[str, tuple[str, ...]]] = {"split": ("val", "all")}
 
 
@@ -416,6 +422,15 @@ def _device(key: str, value: str) -> None:
         raise ManifestError(f"{key}: {value!r} is not allowed; use auto, cpu, cuda or cuda:N")
 
 
+def _colour(key: str, value: str) -> None:
+    from PIL import ImageColor
+
+    try:
+        ImageColor.getrgb(value)
+    except ValueError:
+        raise ManifestError(f"{key}: {value!r} is not a colour; use a name like \"white\" or \"#rrggbb\"") from None
+
+
 def _modality(key: str, value: str) -> None:
     if value not in MODALITIES:
         raise ManifestError(f"{key}: {value!r} is not a modality; use one of {', '.join(MODALITIES)}")
@@ -443,6 +458,8 @@ def _check_modalities(m: Manifest) -> None:
             if hasattr(mod, fname):
                 _positive(f"modalities.{name}.{fname}", getattr(mod, fname))
         _positive(f"modalities.{name}.scale", mod.scale)
+        if isinstance(mod, ImageConfig):
+            _colour(f"modalities.{name}.background", mod.background)
         if isinstance(mod, AudioConfig) and mod.sample_rate < 0:
             raise ManifestError(f"modalities.{name}.sample_rate: must be >= 0 (0 = the encoder's rate)")
 
@@ -464,6 +481,8 @@ def _check_pair(m: Manifest) -> None:
     for key in ("k", "memory_gb", "query_chunk", "nprobe"):
         _positive(f"pair.{key}", getattr(p, key))
     _non_negative("pair.max_uses", p.max_uses, "no limit")
+    if not 0.0 <= p.accept_quantile < 1.0:
+        raise ManifestError(f"pair.accept_quantile: must be in [0, 1) (0 = accept every partner), got {p.accept_quantile}")
     _device("pair.device", p.device)
 
 
@@ -483,6 +502,10 @@ def _check_train(m: Manifest) -> None:
                 "cyclip_cross_modal"):
         _non_negative(f"train.{key}", getattr(t, key))
     _non_negative("train.memory_gb", t.memory_gb, zero="derive it from free memory")
+    if not 0.0 <= t.early_stop_fraction < 1.0:
+        raise ManifestError(f"train.early_stop_fraction: must be in [0, 1) (0 = no early stopping), "
+                            f"got {t.early_stop_fraction}")
+    _positive("train.patience", t.patience)
     if not 0.0 < t.partial_weight <= 1.0:
         raise ManifestError(f"train.partial_weight: must be in (0, 1], got {t.partial_weight}")
 
@@ -490,7 +513,9 @@ def _check_train(m: Manifest) -> None:
 def _check_eval(m: Manifest) -> None:
     for k in m.eval.ks:
         _positive("eval.ks", k)
-    _positive("eval.ridge_lambda", m.eval.ridge_lambda)
+    _non_negative("eval.ridge_lambda", m.eval.ridge_lambda, "chosen by cross-validation")
+    if not -1.0 <= m.eval.near_duplicate <= 1.0:
+        raise ManifestError(f"eval.near_duplicate: a cosine in [-1, 1], got {m.eval.near_duplicate}")
     for pair in m.eval.eshot:
         a, sep, b = pair.partition(":")
         if not sep or a not in MODALITIES or b not in MODALITIES:

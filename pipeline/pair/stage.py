@@ -3,7 +3,7 @@
 Steps: load the stores into one space (:mod:`pipeline.pair.space`); search the top-k of every
 target modality for one query chunk at a time (:mod:`pipeline.pair.search`), each chunk written
 atomically to ``pairs/chunks/`` so a rerun skips what is done; assemble ``neighbors.parquet``
-after the ``min_score`` and ``mutual`` filters, choose one partner per query and modality
+after the ``min_score``, ``mutual`` and calibrated acceptance (:mod:`pipeline.pair.accept`) filters, choose one partner per query and modality
 (``max_uses`` hub limit, :mod:`pipeline.pair.filters`) into ``quintuples.parquet``; save a FAISS
 index per target modality, ``summary.json`` and score histograms.
 """
@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from pipeline.core.layout import OutputLayout, PairsLayout
 from pipeline.core.manifest import Manifest, ManifestError, PairConfig
 from pipeline.core.store import META_PREFIX, atomic_write, atomic_write_table, atomic_write_text
-from pipeline.pair import knn
+from pipeline.pair import accept, knn
 from pipeline.pair.filters import capped_choice, first_choice, keep_mask
 from pipeline.pair.report import modality_stats, quantiles, write_histogram
 from pipeline.pair.search import SearchPlan, SearchResult, build_searcher, search_all
@@ -86,15 +86,19 @@ def _raw_top1(sub: pa.Table, n_queries: int) -> np.ndarray:
     return top1
 
 
-def _pair_modality(plan: SearchPlan, raw: pa.Table, m: str) -> ModalityPairs:
-    """Filter one modality's raw neighbour lists and choose a partner per query."""
+def _pair_modality(plan: SearchPlan, raw: pa.Table, m: str, split: tuple[int, float]) -> ModalityPairs:
+    """Calibrate the acceptance threshold, filter one modality's raw neighbour lists and choose a
+    partner per query."""
     cfg, inputs = plan.cfg, plan.inputs
     nq, pool = len(inputs.query.keys), inputs.targets[m]
     sub = raw.filter(pc.equal(raw.column("modality"), m))
     q, t = sub.column("query_index").to_numpy(), sub.column("target_index").to_numpy()
     rank, score = sub.column("rank").to_numpy(), sub.column("score").to_numpy()
+    truth = accept.query_truth(inputs.query.keys, pool.keys, *split)
+    cal = accept.calibrate(accept.Neighbours(q, t, score), truth,
+                           accept.own_scores(inputs.query.vectors, pool.vectors, truth.own), cfg.accept_quantile)
     reverse = _reverse_pairs(plan, m) if cfg.mutual else None
-    keep = keep_mask(q, t, score, min_score=cfg.min_score, reverse=reverse, n_queries=nq)
+    keep = keep_mask(q, t, score, min_score=cal.min_score(cfg.min_score), reverse=reverse, n_queries=nq)
     q, t, rank, score = q[keep], t[keep], rank[keep], score[keep]
     pick = capped_choice(q, t, score, nq, cfg.max_uses) if cfg.max_uses else first_choice(q, nq)
     ok = pick >= 0
@@ -108,6 +112,7 @@ def _pair_modality(plan: SearchPlan, raw: pa.Table, m: str) -> ModalityPairs:
         "score": pa.array(score, pa.float32())}, schema=NEIGHBOR_SCHEMA)
     top1 = _raw_top1(sub, nq)
     stats = modality_stats(len(pool.keys), top1, sub.num_rows, len(q), chosen_t, chosen_s)
+    stats["acceptance"] = accept.acceptance_report(cal, truth, chosen_t, cfg.accept_quantile)
     return ModalityPairs(neighbors, chosen_t, chosen_s, top1, stats)
 
 
@@ -123,13 +128,16 @@ def _quintuples(inputs: PairInputs, chosen: dict[str, ModalityPairs]) -> pa.Tabl
     return pa.table(cols).replace_schema_metadata({f"{META_PREFIX}{k}": json.dumps(v) for k, v in meta.items()})
 
 
-def _write_pairs(plan: SearchPlan, raw: pa.Table, pairs: PairsLayout) -> dict[str, ModalityPairs]:
+def _write_pairs(plan: SearchPlan, raw: pa.Table, pairs: PairsLayout, split: tuple[int, float]
+                 ) -> dict[str, ModalityPairs]:
     """Filter and choose per modality; write the histograms, ``neighbors`` and ``quintuples``."""
     cfg = plan.cfg
     chosen = {}
     for m in plan.inputs.targets:
-        chosen[m] = c = _pair_modality(plan, raw, m)
-        write_histogram(pairs.histogram(m), m, cfg.query, c.top1, c.score, cfg.min_score)
+        chosen[m] = c = _pair_modality(plan, raw, m, split)
+        threshold = c.stats["acceptance"]["threshold"]
+        write_histogram(pairs.histogram(m), m, cfg.query, c.top1, c.score,
+                        cfg.min_score if threshold is None else max(cfg.min_score, threshold))
     atomic_write_table(pa.concat_tables([c.neighbors for c in chosen.values()]), pairs.neighbors)
     atomic_write_table(_quintuples(plan.inputs, chosen), pairs.quintuples)
     return chosen
@@ -193,7 +201,7 @@ def run(manifest: Manifest) -> dict:
     search = search_all(plan, pairs)
 
     t0 = time.perf_counter()
-    chosen = _write_pairs(plan, search.table, pairs)
+    chosen = _write_pairs(plan, search.table, pairs, accept.split_params(plan.cfg, manifest.layout, manifest.train))
     timings["filter_s"] = round(time.perf_counter() - t0, 3)
     t0 = time.perf_counter()
     if plan.cfg.save_index:

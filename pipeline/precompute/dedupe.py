@@ -162,7 +162,7 @@ def _metadata(layout: OutputLayout, later: dict[str, set[str]]) -> None:
     for shard, keys in later.items():
         path = layout.metadata_part(shard)
         if path.exists():
-            rows = [(r["key"], r["json"]) for r in read_table(path).to_pylist()]
+            rows = [(r["key"], r["json"], r.get("sha256") or "{}") for r in read_table(path).to_pylist()]
             kept = [r for r in rows if r[0] not in keys]
             if len(kept) != len(rows):
                 write_metadata(layout, shard, kept)

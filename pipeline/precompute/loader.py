@@ -12,6 +12,7 @@ preprocessor per batch, and yields typed messages in shard order:
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -21,9 +22,10 @@ from typing import Any
 
 import torch
 
-from pipeline.core.manifest import ModalityConfig, PrecomputeConfig
+from pipeline.core.hashing import bytes_sha256
+from pipeline.core.manifest import MODALITIES, ModalityConfig, PrecomputeConfig
 from pipeline.encoders.base import Batch
-from pipeline.ingest.decode import DecodeError, decode_member
+from pipeline.ingest.decode import DecodeError, decode_member, find_member
 from pipeline.ingest.shards import (
     DEFAULT_MAX_MEMBER_BYTES,
     DUPLICATE,
@@ -152,7 +154,7 @@ class _ShardReader:
             self.samples += 1
             key = str(sample["__key__"])
             if DUPLICATE not in sample:  # a key repeated in its shard: one metadata row, its first
-                self.metadata.append((key, _json_text(sample.get("json"))))
+                self.metadata.append((key, _json_text(sample.get("json")), member_hashes(sample)))
             for m in self.work.modalities:
                 if self._decode(sample, key, m) and len(self.pending[m].keys) >= self.plans[m].config.batch_size:
                     yield from self._flush(m)
@@ -165,7 +167,7 @@ class _ShardReader:
         if fault.partial_key is not None:
             for m in self.work.modalities:
                 self.status[m].append((fault.partial_key, "error", f"shard read fault: {fault.error}"))
-            self.metadata.append((fault.partial_key, ""))
+            self.metadata.append((fault.partial_key, "", "{}"))
 
     def _decode(self, sample: dict[str, Any], key: str, modality: str) -> bool:
         """Decode one member into the pending batch; False (and a status row) when it is bad."""
@@ -214,6 +216,15 @@ class _ShardReader:
 def _tensors(batch: Batch) -> Batch:
     """NumPy values as tensors: the DataLoader's own conversion, which passes a dataclass by."""
     return torch.utils.data.default_convert(batch)
+
+
+def member_hashes(sample: dict[str, Any]) -> str:
+    """``{modality: sha256}`` of the member each modality reads (the one :func:`find_member` picks), as
+    json: what the trainer's leak and duplicate checks compare (exact copies, identical captions)."""
+    found = {m: find_member(sample, m) for m in MODALITIES}
+    return json.dumps({m: bytes_sha256(f[1] if isinstance(f[1], bytes) else f[1].encode())
+                       for m, f in found.items() if f is not None and isinstance(f[1], bytes | str)},
+                      sort_keys=True)
 
 
 def _json_text(data: Any) -> str:

@@ -11,10 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from pipeline.core.split import is_val
 from tests.launch import torchrun
 from tests.trainer.conftest import DIMS, load_checked, make_manifest
 from trainer import train
-from trainer.data.rows import is_val
 from trainer.eval import evaluate
 
 
@@ -26,10 +26,11 @@ def test_training_learns_planted_maps_and_emergent_pairs(planted):
     audio and points never meet in training, only through the text space where both heads' errors
     add up: R@1 >= 0.15 (15x chance; measured 0.26-0.31) and R@10 >= 0.6 (measured 0.75-0.81)."""
     output, _ = planted
-    manifest = make_manifest(output, epochs=12, val_fraction=0.25)
+    # every training row, 12 epochs: the floors measure what the heads learn (early stopping: below)
+    manifest = make_manifest(output, epochs=12, val_fraction=0.25, early_stop_fraction=0.0)
     summary = train.run(manifest)
     assert summary["world_size"] == 1 and summary["modalities"] == ["audio", "points"]
-    assert 60 < summary["val_rows"] < 140
+    assert 60 < summary["val_rows"] < 140 and summary["early_stopping"] is None
     metrics = evaluate.run(manifest)
     assert json.loads((output / "runs/default/metrics.json").read_text()) == metrics
     for pair, floor in (("text->audio", 0.8), ("audio->text", 0.8), ("text->points", 0.55), ("points->text", 0.55)):
@@ -91,14 +92,45 @@ def test_bad_train_config_names_the_key(planted, bad):
         train.run(manifest)
 
 
-def test_new_round_with_new_pairs_does_not_resume_the_old_one(planted):
-    """Round 1 (captions) then round 2 (captions + quintuples) under the same run name: round 2
-    must train from scratch, not resume the finished round 1."""
-    from tests.trainer.conftest import write_quintuples
+def test_early_stopping_exports_the_best_epoch_of_a_training_side_slice(planted):
+    """The slice is carved from the training rows (never the held-out ones); the exported heads are the
+    best epoch's: re-scoring the slice with them gives the curve's maximum."""
+    import torch
+
+    from pipeline.core.heads_file import load_heads
+    from trainer.data.rows import load
+    from trainer.early_stop import carve, mean_reciprocal_rank
 
     output, _ = planted
+    manifest = make_manifest(output, epochs=8, val_fraction=0.25, early_stop_fraction=0.2, patience=3)
+    summary = train.run(manifest)
+    stop = summary["early_stopping"]
+    assert stop["epoch_chosen"] == 1 + int(np.argmax(stop["curve"])) and len(stop["curve"]) <= 8
+    assert (output / "runs/default/validation_curve.png").read_bytes()[:4] == b"\x89PNG"
+    data = load(manifest.train, manifest.layout)
+    fit, slice_ = carve(data, 0.2, 0)
+    assert stop["slice_rows"] == slice_.rows == len(data.train_idx) - len(fit) > 30
+    assert not set(fit) & set(data.val_idx) and len(fit) == summary["train_rows"]
+    heads, _ = load_heads(manifest.layout.run("default").root)
+    values = []
+    for m, (a, p) in slice_.pairs.items():
+        anchor = torch.nn.functional.normalize(data.vectors["text"][a].float(), dim=-1)
+        proj = torch.nn.functional.normalize(heads[m](data.vectors[m][p].float()), dim=-1)
+        values.append(0.5 * (mean_reciprocal_rank(proj, anchor) + mean_reciprocal_rank(anchor, proj)))
+    assert float(np.mean(values)) == pytest.approx(max(stop["curve"]), abs=1e-5)
+
+
+def test_new_round_with_new_pairs_does_not_resume_the_old_one(tmp_path):
+    """Round 1 (captions) then round 2 (captions + quintuples) under the same run name: round 2
+    must train from scratch, not resume the finished round 1. (Captions 0..99 have no sound of their
+    own, so their auto-paired sounds are kept as rows.)"""
+    from tests.planted import write_planted_stores
+    from tests.trainer.conftest import DIMS, write_quintuples
+
+    output = tmp_path
+    write_planted_stores(output, n=400, dims=DIMS, noise=0.1, seed=0, drop={"audio": list(range(100))})
     first = train.run(make_manifest(output, epochs=1))
-    write_quintuples(output, [f"s{i:05d}" for i in range(100)], {"audio": [f"s{i + 1:05d}" for i in range(100)]})
+    write_quintuples(output, [f"s{i:05d}" for i in range(100)], {"audio": [f"s{i + 100:05d}" for i in range(100)]})
     second = train.run(make_manifest(output, epochs=1))
     assert second["rows"] == first["rows"] + 100
     assert first["resumed_from_step"] == 0 and second["resumed_from_step"] == 0

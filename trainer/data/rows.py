@@ -18,7 +18,6 @@ webdataset, a decoder or an encoder.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch
 
 from pipeline.core.layout import OutputLayout
 from pipeline.core.manifest import TrainConfig
+from pipeline.core.split import is_val
 from pipeline.core.store import read_store, stored_modalities
 from trainer.batch import Batch, ModalityBatch
 from trainer.data import emm1
@@ -40,15 +40,6 @@ log = logging.getLogger(__name__)
 
 TRIPLE_LABELS = ("good", "partial", "bad")
 TRIPLE_COLUMNS = ("query_key", "modality", "target_key", "label")
-
-
-def is_val(keys: list[str] | np.ndarray, seed: int, fraction: float) -> np.ndarray:
-    """Held-out flag per key: a hash of ``seed:key``, so a key keeps its side as data grows."""
-    out = np.empty(len(keys), dtype=bool)
-    for i, key in enumerate(keys):
-        h = hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest()
-        out[i] = int.from_bytes(h, "little") / 2.0**64 < fraction
-    return out
 
 
 def key_index(store_keys: np.ndarray, wanted: list | np.ndarray | pa.Array) -> np.ndarray:
@@ -94,15 +85,26 @@ def _rows(anchor: np.ndarray, mods: list[str], partner: dict[str, np.ndarray] | 
                 {m: np.full(n, -1, np.int64) for m in mods})
 
 
-def quintuple_rows(path: Path, anchor_keys: np.ndarray, stores_keys: dict[str, np.ndarray]) -> Rows:
-    """One row per quintuple whose query is in the anchor store; missing partners stay -1."""
+def quintuple_rows(path: Path, anchor_keys: np.ndarray, stores_keys: dict[str, np.ndarray],
+                   own_known: bool = False) -> Rows:
+    """One row per quintuple whose query is in the anchor store and that keeps a partner; missing
+    partners stay -1. With ``own_known`` (the caption rows are trained on too), a partner in a modality
+    where the query's own sample has an item is dropped: the caption row already carries the truth
+    there, and the auto-pair can only repeat or contradict it."""
     table = pq.read_table(path)
-    anchor = key_index(anchor_keys, table.column("query_key").combine_chunks())
+    queries = table.column("query_key").combine_chunks()
+    anchor = key_index(anchor_keys, queries)
     partner = {m: key_index(keys, table.column(f"{m}_key").combine_chunks())
                if f"{m}_key" in table.column_names else np.full(len(anchor), -1, np.int64)
                for m, keys in stores_keys.items()}
+    if own_known:
+        for m, keys in stores_keys.items():
+            partner[m][key_index(keys, queries) >= 0] = -1
     rows = _rows(anchor, list(stores_keys), partner)
-    return rows.take(anchor >= 0)
+    has_any = np.zeros(len(anchor), bool)
+    for p in partner.values():
+        has_any |= p >= 0
+    return rows.take((anchor >= 0) & has_any)
 
 
 def caption_rows(anchor_keys: np.ndarray, stores_keys: dict[str, np.ndarray]) -> Rows:
@@ -306,7 +308,7 @@ def join_rows(train: TrainConfig, layout: OutputLayout, keys: dict[str, np.ndarr
     if train.use_captions:
         parts.append(caption_rows(anchor_keys, proj_keys))
     if train.use_quintuples and layout.pairs.quintuples.is_file():
-        parts.append(quintuple_rows(layout.pairs.quintuples, anchor_keys, proj_keys))
+        parts.append(quintuple_rows(layout.pairs.quintuples, anchor_keys, proj_keys, own_known=train.use_captions))
     if train.triples:
         triples = emm1.read_triplets(train.triples) if emm1.is_triplets(train.triples) else train.triples
         parts.append(triple_rows(triples, anchor_keys, proj_keys, train.partial, train.partial_weight))

@@ -13,11 +13,12 @@ import logging
 from typing import Any
 
 from pipeline.core.manifest import Manifest, ManifestError, TrainConfig, from_dict
-from pipeline.core.samples import sample_labels
+from pipeline.core.samples import member_hashes, sample_labels
 from pipeline.core.store import atomic_write_text
 from trainer.bridge.evaluate import bridge_section, is_mox_run
 from trainer.checks import check_eval_run, check_passthrough, run_config
 from trainer.eval.baselines import baselines
+from trainer.eval.duplicates import caption_groups, find_duplicates
 from trainer.eval.retrieval import recall
 from trainer.eval.space import Space
 from trainer.eval.zero_shot import eshot, zero_shot
@@ -46,10 +47,15 @@ def run(manifest: Manifest) -> dict[str, Any]:
     check_passthrough(train, layout)
     space = Space.load(layout, run_layout, train)
     labels = sample_labels(layout, e.label_key)
-    metrics: dict[str, Any] = recall(space, e.split, e.ks)
+    hashes = member_hashes(layout)
+    duplicates = find_duplicates(space, layout, hashes, e.split, e.near_duplicate, e.drop_duplicates)
+    groups = {m: caption_groups(space, hashes, m) for m in space.mods} if hashes else None
+    metrics: dict[str, Any] = recall(space, e.split, e.ks, caption_groups=groups)
     metrics["zero_shot"] = zero_shot(space, layout.classes, labels, e.split)
     metrics["eshot"] = eshot(space, e.eshot, labels, e.split)
-    metrics["baselines"] = baselines(train, layout, space, e.split, e.ks, e.ridge_lambda)
+    metrics["baselines"] = baselines(train, layout, space, e.split, e.ks, e.ridge_lambda, groups)
+    metrics["duplicates"] = duplicates
+    metrics["early_stopping"] = space.config.get("train_summary", {}).get("early_stopping")
     if is_mox_run(space.config):  # a train.bridge run: a <-> c over the evaluation items
         metrics["bridge"] = bridge_section(manifest, run_layout, space.config, e.ks)
     atomic_write_text(run_layout.metrics, json.dumps(metrics, indent=2))  # readers never see half a file

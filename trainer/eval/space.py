@@ -8,7 +8,7 @@ store by its own keys.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from pipeline.core.heads_file import load_heads, project
 from pipeline.core.layout import OutputLayout, RunLayout
 from pipeline.core.manifest import TrainConfig
+from pipeline.core.split import is_val
 from pipeline.core.store import read_store, stored_modalities
-from trainer.data.rows import is_val
 
 CHUNK = 65536
 
@@ -43,6 +43,7 @@ class Space:
     keys: dict[str, np.ndarray]
     vecs: dict[str, torch.Tensor]
     val: dict[str, np.ndarray]  # held-out flag per item
+    dropped: dict[str, np.ndarray] = field(default_factory=dict)  # held-out items left out of every score
 
     @classmethod
     def load(cls, layout: OutputLayout, run: RunLayout, train: TrainConfig) -> Space:
@@ -62,7 +63,14 @@ class Space:
         """Indices of ``m``'s items on the held-out side (or the training side) of the split."""
         if split == "all":
             return np.arange(len(self.keys[m]))
-        return np.flatnonzero(self.val[m] if held_out else ~self.val[m])
+        if not held_out:
+            return np.flatnonzero(~self.val[m])
+        return np.flatnonzero(self.val[m] & ~self.dropped.get(m, np.zeros(len(self.val[m]), bool)))
+
+    def drop(self, m: str, idx: np.ndarray) -> None:
+        """Leave ``m``'s held-out items ``idx`` out of the held-out side (duplicates of training items)."""
+        mask = self.dropped.setdefault(m, np.zeros(len(self.val[m]), bool))
+        mask[idx] = True
 
 
 def pair_items(space: Space, q: str, t: str, split: str) -> tuple[torch.Tensor, np.ndarray, torch.Tensor] | None:

@@ -8,6 +8,8 @@
   missing rows with grey and call it a picture. A Huffman-coded JPEG spends at least one bit on
   each 8x8 block of its full-resolution component, so a file of fewer than ``width * height /
   512`` bytes cannot hold the picture its frame header declares.
+* Transparency (RGBA, LA, PA, palette or RGB/L with a ``transparency`` entry) is composited onto
+  ``[modalities.image] background`` (:func:`flatten_alpha`), never dropped.
 """
 
 from __future__ import annotations
@@ -21,6 +23,19 @@ from pipeline.ingest.decode.base import DecodeError
 
 FORMATS: dict[str, tuple[str, ...]] = {"jpg": ("JPEG",), "jpeg": ("JPEG",), "png": ("PNG",), "webp": ("WEBP",)}
 HUFFMAN_FRAMES = {0xC0, 0xC1, 0xC2}  # baseline, extended and progressive Huffman-coded frames
+
+
+def flatten_alpha(img: Any, background: str) -> Any:
+    """``img`` as RGB with any transparency composited onto ``background`` (a Pillow colour name or
+    ``#rrggbb``). RGBA, LA, PA and palette or RGB/L images carrying a ``transparency`` entry keep their
+    shape; ``convert("RGB")`` alone would drop the alpha and show the hidden (often black) pixels."""
+    from PIL import Image, ImageColor
+
+    if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+        rgba = img.convert("RGBA")  # palette/L/RGB transparency becomes a real alpha channel
+        canvas = Image.new("RGBA", rgba.size, ImageColor.getrgb(background) + (255,))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return img.convert("RGB")
 
 
 def _jpeg_frame_marker(data: bytes) -> int | None:
@@ -72,6 +87,6 @@ def decode_image(data: bytes, ext: str, cfg: Any):
     if img.format in ("JPEG", "MPO"):
         _check_jpeg_length(data, w, h)
     try:
-        return img.convert("RGB")
+        return flatten_alpha(img, getattr(cfg, "background", "white"))
     except Exception as exc:
         raise DecodeError("corrupt", f"image: cannot decode: {type(exc).__name__}: {exc}") from None

@@ -10,6 +10,7 @@ from pipeline.core.manifest import AudioConfig, ImageConfig, PointsConfig, TextC
 from pipeline.ingest.decode import (
     DecodeError,
     decode_audio,
+    decode_image,
     decode_member,
     decode_points,
     decode_video,
@@ -180,3 +181,48 @@ def test_pyav_audio_stops_at_max_seconds():
     assert exc.value.status == "error" and "max_seconds" in str(exc.value)
     assert status_of({"ogg": data}, "audio", AudioConfig(encoder="x", max_seconds=1.0), sample_rate=16000) == "error"
     assert decode_audio(data, "webm", AudioConfig(encoder="x", seconds=0.25), 16000).shape == (4000,)
+
+
+def _png(img) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("background, rgb", [("white", (255, 255, 255)), ("#102030", (16, 32, 48))])
+def test_transparency_is_composited_onto_the_background(background, rgb):
+    """RGBA, LA and palette-with-transparency PNGs: a fully transparent pixel takes the background, an
+    opaque one keeps its colour, a half-transparent one blends (alpha-composite formula in NumPy)."""
+    from PIL import Image
+
+    from pipeline.core.manifest import ImageConfig
+
+    cfg = ImageConfig(encoder="x", background=background)
+    rgba = np.zeros((2, 2, 4), np.uint8)
+    rgba[0, 0] = (200, 10, 10, 255)  # opaque red
+    rgba[0, 1] = (0, 0, 0, 0)  # transparent black: convert("RGB") would show black
+    rgba[1, 0] = (0, 0, 200, 128)  # half blue
+    out = np.asarray(decode_image(_png(Image.fromarray(rgba, "RGBA")), "png", cfg), np.int64)
+    bg = np.array(rgb)
+    assert out[0, 0].tolist() == [200, 10, 10] and out[0, 1].tolist() == list(rgb)
+    blend = np.round(np.array([0, 0, 200]) * 128 / 255 + bg * (1 - 128 / 255))
+    assert np.abs(out[1, 0] - blend).max() <= 1
+    la = Image.fromarray(np.array([[[90, 255], [90, 0]]], np.uint8), "LA")
+    assert np.asarray(decode_image(_png(la), "png", cfg))[0].tolist() == [[90, 90, 90], list(rgb)]
+    pal = Image.new("P", (2, 1))
+    pal.putpalette([0, 0, 0, 10, 200, 10] + [0] * 762)
+    pal.putpixel((0, 0), 0)
+    pal.putpixel((1, 0), 1)
+    pal.info["transparency"] = 0  # palette index 0 is transparent
+    assert np.asarray(decode_image(_png(pal), "png", cfg))[0].tolist() == [list(rgb), [10, 200, 10]]
+
+
+def test_background_must_be_a_colour(tmp_path):
+    from pipeline.core.manifest import ManifestError, from_dict
+
+    raw = {"dataset": {"name": "x", "shards": "a.tar", "output": str(tmp_path)},
+           "modalities": {"image": {"encoder": "mobilenet-v2", "background": "not-a-colour"}}}
+    with pytest.raises(ManifestError, match="modalities.image.background"):
+        from_dict(raw)

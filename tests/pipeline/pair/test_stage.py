@@ -50,7 +50,8 @@ def test_planted_pairs_are_found_and_outputs_follow_the_contract(tmp_path):
     # while 400 random 32-d distractors reach at most ~sqrt(2 ln 400 / 32) = 0.61 (plus a little noise):
     # a margin of ~0.28 is ~5 standard deviations of the distractor score, so P@1 must be ~1; allow 1%.
     write_planted_stores(tmp_path, n=400, dims=SHARED, noise=0.5, drop={"video": list(range(10))})
-    summary = pair.run(make_manifest(tmp_path, k=5, query_chunk=150))
+    # accept_quantile 0: every raw neighbour is kept (the acceptance rule is tested in test_accept.py)
+    summary = pair.run(make_manifest(tmp_path, k=5, query_chunk=150, accept_quantile=0.0))
     quint = read(tmp_path, "quintuples.parquet")
     assert len(quint) == 400 and [r["query_key"] for r in quint] == [f"s{i:05d}" for i in range(400)]
     for m in ("image", "video"):
@@ -174,7 +175,7 @@ def test_crash_after_a_chunk_then_rerun_gives_the_same_output(tmp_path, monkeypa
     for name in ("neighbors.parquet", "quintuples.parquet"):
         assert read(crashed, name) == read(clean, name)
     # a changed k invalidates the old chunks instead of mixing them in
-    summary = pair.run(make_manifest(crashed, k=2, query_chunk=70))
+    summary = pair.run(make_manifest(crashed, k=2, query_chunk=70, accept_quantile=0.0))
     assert summary["chunks_reused"] == 0 and len(read(crashed, "neighbors.parquet")) == 300 * 2 * 2
 
 

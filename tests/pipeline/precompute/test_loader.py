@@ -42,7 +42,7 @@ def test_messages_are_batches_then_one_shard_done(tiny_shards):
     assert [(k, s) for k, s, _ in done.status["image"]] == [("s1-001", "corrupt")]
     assert [type(e) for e in seen] == [DecodeError]  # the handler saw the bad member, once
     assert done.samples == 5 and done.fault is None and not done.unread
-    assert [k for k, _ in done.metadata] == [f"s1-00{i}" for i in range(5)]
+    assert [k for k, *_ in done.metadata] == [f"s1-00{i}" for i in range(5)]
     assert 0 <= done.read_s
     with pytest.raises(AttributeError):
         done.shard = "other"  # frozen
@@ -130,3 +130,23 @@ def test_the_dataloader_pins_a_batch_message(monkeypatch):
     assert out.batch["x"].tolist() == [0.0, 1.0]
     done = ShardDone("s", {}, 0, None, None, 0.0)
     assert pin_memory(done) is done  # nothing to pin
+
+
+def test_metadata_records_each_members_sha256(tiny_shards):
+    """The third metadata field is ``{modality: sha256}`` of the member each modality reads, equal to
+    hashlib over the tar's bytes (each sample of this shard holds jpg, txt, mp4, wav, npy and json)."""
+    import hashlib
+    import json
+    import tarfile
+
+    work = shard_one(tiny_shards)
+    *_, done = list(ShardDataset([work], plans()))
+    want: dict[str, dict[str, str]] = {}
+    with tarfile.open(work.shard.url) as tar:
+        for member in tar.getmembers():
+            key, _, ext = member.name.partition(".")
+            modality = {"jpg": "image", "txt": "text", "mp4": "video", "wav": "audio", "npy": "points"}.get(ext)
+            if modality:
+                want.setdefault(key, {})[modality] = hashlib.sha256(tar.extractfile(member).read()).hexdigest()
+    got = {k: json.loads(h) for k, _, h in done.metadata}
+    assert got == want and all(set(v) == {"image", "text", "video", "audio", "points"} for v in got.values())

@@ -20,7 +20,7 @@ from tests.planted import write_planted_stores
 from tests.trainer.conftest import DIMS, load_checked, make_manifest, write_quintuples
 from trainer import train
 from trainer.batch import Batch
-from trainer.data.rows import is_val
+from pipeline.core.split import is_val
 from trainer.data.stream import MappedStore
 from trainer.train import epoch_blocks, make_batch, train_rows
 
@@ -111,7 +111,8 @@ def test_no_training_row_references_a_held_out_item_in_any_modality(tmp_path):
                              "target_key": [*keys[3:103], *keys[50:150]], "label": ["good"] * 100 + ["bad"] * 100}),
                    triples)
     frac = 0.3
-    data = load_checked(make_manifest(tmp_path, val_fraction=frac, triples=str(triples)))
+    # no caption rows: with them, quintuple partners where the caption's own sample has an item are dropped
+    data = load_checked(make_manifest(tmp_path, val_fraction=frac, triples=str(triples), use_captions=False))
     rows = data.rows
     assert data.has_bad("audio")
     for side, idx in ((False, data.train_idx), (True, data.val_idx)):
@@ -262,3 +263,24 @@ def test_stream_training_equals_in_memory_training(tmp_path, caplog):
     assert whole.keys() == streamed.keys()
     for k in whole:
         assert torch.equal(whole[k], streamed[k]), k
+
+
+def test_quintuple_partners_yield_to_the_own_caption(tmp_path):
+    """With caption rows on, a quintuple partner in a modality where the query's own sample has an item
+    is dropped (the caption row holds the truth), and a quintuple row left with no partner is no row."""
+    n = 40
+    write_planted_stores(tmp_path, n=n, dims=DIMS, drop={"audio": list(range(20)), "points": list(range(10))})
+    keys = [f"s{i:05d}" for i in range(n)]
+    write_quintuples(tmp_path, keys, {"audio": [keys[20 + i % 20] for i in range(n)],
+                                      "points": [keys[10 + i % 30] for i in range(n)]})
+    data = load_checked(make_manifest(tmp_path, use_quintuples=True, use_captions=True))
+    rows, text = data.rows, data.keys["text"]
+    side = dict(zip(keys, is_val(keys, 0, 0.1), strict=True))  # a partner across the split is masked
+    cross = {m: [(text[a], data.keys[m][p]) for a, p in zip(rows.anchor, rows.partner[m], strict=True)
+                 if p >= 0 and data.keys[m][p] != text[a]] for m in ("audio", "points")}
+    # audio: only captions 0..19 lack their own sound, so only they keep an auto-paired one; points: 0..9
+    assert sorted(q for q, _ in cross["audio"]) == [k for i, k in enumerate(keys[:20])
+                                                   if side[k] == side[keys[20 + i]]]
+    assert sorted(q for q, _ in cross["points"]) == [k for i, k in enumerate(keys[:10])
+                                                    if side[k] == side[keys[10 + i]]]
+    assert len(rows) == 30 + 20  # captions 10..39 have an own item; queries 0..19 keep an auto-pair

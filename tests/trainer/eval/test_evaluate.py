@@ -12,11 +12,11 @@ import torch
 
 from pipeline.core.heads_file import load_heads
 from pipeline.core.samples import sample_labels
+from pipeline.core.split import is_val
 from pipeline.core.store import atomic_write_table, embeddings_dir, read_part, read_store, write_embeddings
 from tests.planted import unit, write_planted_stores
 from tests.trainer.conftest import DIMS, make_manifest
 from trainer import train
-from trainer.data.rows import is_val
 from trainer.eval import evaluate
 from trainer.eval.retrieval import ranks_of_truth
 from trainer.model.export import export
@@ -56,22 +56,30 @@ def test_labels_are_read_from_metadata(labelled):
     assert labels[f"s{i:05d}"] == CLASSES[label[i]]
 
 
-def numpy_zero_shot(manifest, modality: str, labels: dict[str, str]) -> tuple[float, float, int]:
-    """(top-1, top-5, n) of ``modality``'s labelled held-out items against the class table, with the
-    exported head applied by hand in NumPy (Linear, ReLU, Linear, L2-normalise)."""
+def numpy_zero_shot(manifest, modality: str, labels: dict[str, str]) -> tuple[float, float, int, float]:
+    """(top-1, top-5, n, majority rate) of ``modality``'s labelled held-out items against the class
+    names its training-side items carry, with the exported head applied by hand in NumPy (Linear,
+    ReLU, Linear, L2-normalise), the items centred on the training side's mean mapped vector and the
+    class names on the training side's mean (unit) text vector."""
     heads, _ = load_heads(manifest.layout.run(manifest.train.run).root)
     w = {k: v.numpy().astype(np.float64) for k, v in heads[modality].state_dict().items()}
     store = read_store(manifest.output, modality)
     x = store.vectors.astype(np.float64)
     mapped = unit(np.maximum(x @ w["0.weight"].T + w["0.bias"], 0) @ w["2.weight"].T + w["2.bias"])
     classes = read_part(manifest.layout.classes)
-    names = [str(k) for k in classes.keys]
     val = is_val(store.keys, manifest.train.seed, manifest.train.val_fraction)
-    idx = [i for i in np.flatnonzero(val) if store.keys[i] in labels]
-    sims = mapped[idx] @ unit(classes.vectors.astype(np.float64)).T
+    train_labels = [labels[k] for k in store.keys[~val] if k in labels]
+    names = sorted(set(train_labels))
+    cvec = unit(classes.vectors.astype(np.float64))[[list(classes.keys).index(n) for n in names]]
+    text = read_store(manifest.output, "text")
+    text_train = unit(text.vectors.astype(np.float64))[~is_val(text.keys, manifest.train.seed,
+                                                                manifest.train.val_fraction)]
+    idx = [i for i in np.flatnonzero(val) if labels.get(store.keys[i]) in names]
+    sims = unit(mapped[idx] - mapped[~val].mean(0)) @ unit(cvec - text_train.mean(0)).T
     truth = np.array([names.index(labels[store.keys[i]]) for i in idx])
     ranks = (sims > sims[np.arange(len(idx)), truth][:, None]).sum(1)
-    return float((ranks < 1).mean()), float((ranks < 5).mean()), len(idx)
+    majority = max(set(train_labels), key=train_labels.count)
+    return float((ranks < 1).mean()), float((ranks < 5).mean()), len(idx), float(np.mean(truth == names.index(majority)))
 
 
 def test_zero_shot_and_eshot_after_training(labelled):
@@ -87,9 +95,11 @@ def test_zero_shot_and_eshot_after_training(labelled):
     assert zs["audio"]["top1"] >= 0.4
     labels = sample_labels(manifest.layout, "label")
     for m in ("audio", "points"):
-        top1, top5, n = numpy_zero_shot(manifest, m, labels)
+        top1, top5, n, majority = numpy_zero_shot(manifest, m, labels)
         assert zs[m]["n"] == n and zs[m]["top1"] == pytest.approx(top1, abs=1e-6), m
         assert zs[m]["top5"] == pytest.approx(top5, abs=1e-6), m
+        assert zs[m]["majority"] == pytest.approx(majority) and zs[m]["chance"] == 1 / zs[m]["classes"]
+        assert zs[m]["top1"] > zs[m]["majority"], m
     assert es["audio:points"]["top1"] > 0.2 and es["points:audio"]["top1"] > 0.2
 
 
@@ -128,8 +138,13 @@ def test_zero_shot_and_eshot_match_a_reference_with_perfect_heads(tmp_path):
     identity_run(manifest, 16)
     metrics = evaluate.run(manifest)
     assert metrics["text->audio"]["R@1"] == 1.0 and metrics["audio->points"]["R@1"] == 1.0
-    assert metrics["zero_shot"]["audio"]["top1"] == 1.0 and metrics["zero_shot"]["points"]["top1"] == 1.0
     val = is_val([f"s{i:05d}" for i in range(300)], 0, 0.3)
+    # zero-shot classifies the (centred) text itself: both sides centred on the training-side text mean
+    mu = text[~val].mean(0)
+    zs_want = float(((unit(text[val] - mu) @ unit(centres - mu).T).argmax(1) == label[val]).mean())
+    assert zs_want > 0.9
+    for m in ("audio", "points"):
+        assert metrics["zero_shot"][m]["top1"] == pytest.approx(zs_want, abs=1e-6)
     protos = unit(np.stack([text[~val & (label == c)].mean(0) for c in range(5)]))
     want = float(((text[val] @ protos.T).argmax(1) == label[val]).mean())
     assert metrics["eshot"]["audio:points"]["top1"] == pytest.approx(want, abs=1e-6)

@@ -1,0 +1,134 @@
+"""Early stopping for small data: a validation slice carved from the *training* side, the best epoch kept.
+
+The slice is ``train.early_stop_fraction`` of the training rows' anchor keys (a hash of
+``early-stop:<seed>:key``, independent of the held-out split, which is never looked at). Rows whose
+anchor key falls in the slice are not trained on. After every epoch the heads score the slice's
+truth-known pairs (a row whose partner is the anchor item's own sample, never an auto-pair): per
+projected modality the mean reciprocal rank of each partner's own anchor among the slice's anchors,
+and the reverse, averaged over both directions and the modalities. The best epoch's weights are kept
+and exported; training stops after ``train.patience`` epochs without a better score.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.core.split import key_fraction
+from trainer.data.rows import CachedData
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StopSlice:
+    """Per projected modality the (anchor store row, partner store row) truth pairs of the slice."""
+
+    pairs: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    rows: int  # training rows moved into the slice
+
+    @property
+    def empty(self) -> bool:
+        return not any(len(a) >= 2 for a, _ in self.pairs.values())
+
+
+def carve(data: CachedData, fraction: float, seed: int) -> tuple[np.ndarray, StopSlice]:
+    """The training rows left to fit on, and the slice (empty with ``fraction`` 0)."""
+    if fraction <= 0:
+        return data.train_idx, StopSlice({}, 0)
+    rows, keys = data.rows, data.keys
+    anchor_keys = keys[data.anchor][rows.anchor[data.train_idx]]
+    in_slice = key_fraction(anchor_keys, f"early-stop:{seed}") < fraction
+    pairs = {}
+    for m in data.modalities:
+        sel = data.train_idx[in_slice]
+        partner = rows.partner[m][sel]
+        own = (partner >= 0) & (keys[m][np.maximum(partner, 0)] == keys[data.anchor][rows.anchor[sel]])
+        a, p = rows.anchor[sel][own], partner[own]
+        _, first = np.unique(a, return_index=True)  # one pair per anchor item
+        pairs[m] = (torch.as_tensor(a[first]), torch.as_tensor(p[first]))
+    return data.train_idx[~in_slice], StopSlice(pairs, int(in_slice.sum()))
+
+
+def mean_reciprocal_rank(q: torch.Tensor, g: torch.Tensor) -> float:
+    """Mean ``1 / (rank + 1)`` of row i of ``g`` for query row i of ``q`` (cosine, unit rows)."""
+    sims = q @ g.T
+    ranks = (sims > sims.diagonal()[:, None]).sum(1)
+    return float((1.0 / (ranks.float() + 1)).mean())
+
+
+@torch.no_grad()
+def score(binder: torch.nn.Module, data: CachedData, stop: StopSlice) -> float:
+    """The slice's retrieval score of ``binder`` (eval mode for the call; NaN when the slice is empty)."""
+    was_training = binder.training
+    binder.eval()
+    values = []
+    for m, (a, p) in stop.pairs.items():
+        if len(a) < 2:
+            continue
+        anchor = F.normalize(data.vectors[data.anchor][a.to(data.device)].float(), dim=-1)
+        proj = binder.project(m, data.vectors[m][p.to(data.device)].float())
+        values.append(0.5 * (mean_reciprocal_rank(proj, anchor) + mean_reciprocal_rank(anchor, proj)))
+    binder.train(was_training)
+    return float(np.mean(values)) if values else float("nan")
+
+
+@dataclass
+class BestEpoch:
+    """The validation curve so far and the best epoch's weights (on the CPU)."""
+
+    patience: int
+    first: int = 0  # 0-based epoch the curve starts at (a resumed run's)
+    curve: list[float] = field(default_factory=list)
+    best_epoch: int = -1  # 0-based
+    best_state: dict | None = None
+
+    def update(self, epoch: int, value: float, binder: torch.nn.Module) -> bool:
+        """Record epoch ``epoch``'s score; True when training should stop."""
+        self.curve.append(round(value, 6))
+        if self.best_epoch < 0 or value > self.curve[self.best_epoch - self.first]:
+            self.best_epoch = epoch
+            self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in binder.state_dict().items()})
+        return epoch - self.best_epoch >= self.patience
+
+    def restore(self, binder: torch.nn.Module) -> None:
+        if self.best_state is not None:
+            binder.load_state_dict(self.best_state)
+
+    def report(self, stop: StopSlice) -> dict:
+        return {"metric": "mean reciprocal rank of own-caption pairs, both directions, mean over modalities",
+                "slice_rows": stop.rows, "slice_pairs": {m: len(a) for m, (a, _) in stop.pairs.items()},
+                "epoch_chosen": self.best_epoch + 1 if self.best_epoch >= 0 else None,
+                "first_epoch": self.first + 1, "curve": self.curve, "patience": self.patience}
+
+
+def plot_curve(path: Path, report: dict, run: str) -> None:
+    """A PNG of the validation curve with the chosen epoch marked (written atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pipeline.core.store import atomic_write
+
+    epochs = np.arange(report["first_epoch"], report["first_epoch"] + len(report["curve"]))
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot(epochs, report["curve"], marker="o", markersize=3)
+    if report["epoch_chosen"] is not None:
+        ax.axvline(report["epoch_chosen"], color="k", linestyle="--", linewidth=1,
+                   label=f"kept: epoch {report['epoch_chosen']}")
+        ax.legend(fontsize=8)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation MRR (training-side slice)")
+    ax.set_title(f"run {run}: early stopping")
+    fig.tight_layout()
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    finally:
+        plt.close(fig)
