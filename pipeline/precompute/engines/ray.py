@@ -84,7 +84,10 @@ class _Tally:
     actors_started: int = 0
     part_s: float = 0.0  # in the actors
     load_s: float = 0.0  # of which loading encoders
-    round_trip_s: float = 0.0  # submit to result, seen by the driver
+    actor_start_s: float = 0.0  # an actor's first part: its round trip less its time in the actor
+    overhead_s: float = 0.0  # every later part: the same difference (dispatch, pickling, result)
+    warm: set[int] = field(default_factory=set)  # slots whose actor has returned a part
+    cold: int = 0  # parts that were their actor's first
 
     def add(self, slot: int, result: PartResult, round_trip: float) -> None:
         self.stats[slot].absorb(result.stats)
@@ -92,13 +95,21 @@ class _Tally:
         self.skipped += result.skipped
         self.part_s += result.seconds
         self.load_s += result.load_s
-        self.round_trip_s += round_trip
+        if slot in self.warm:
+            self.overhead_s += round_trip - result.seconds
+        else:
+            self.actor_start_s += round_trip - result.seconds
+            self.warm.add(slot)
+            self.cold += 1
+
+    def lost(self, slot: int) -> None:
+        self.warm.discard(slot)  # its replacement starts cold
 
     def details(self) -> dict[str, Any]:
-        overhead = self.round_trip_s - self.part_s
+        later = self.parts - self.cold
         return {"parts": self.parts, "skipped": self.skipped, "actors_started": self.actors_started,
-                "part_s": self.part_s, "load_s": self.load_s, "round_trip_s": self.round_trip_s,
-                "overhead_s_per_part": overhead / self.parts if self.parts else 0.0}
+                "part_s": self.part_s, "load_s": self.load_s, "actor_start_s": self.actor_start_s,
+                "overhead_s_per_part": self.overhead_s / later if later > 0 else 0.0}
 
 
 class _Pool:
@@ -190,6 +201,7 @@ class RayEngine:
             reason, error = "error", f"{type(exc.cause).__name__}: {exc.cause}"
         except RayError as exc:  # the actor died with the part: a crash, a kill, a lost node
             pool.replace(slot)
+            tally.lost(slot)
             reason, error = "lost", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         if task.attempt >= self.pc.max_retries:
             raise PartFailed(f"part {task.name} failed {task.attempt + 1} time(s) (precompute.max_retries = "
