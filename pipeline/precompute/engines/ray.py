@@ -84,10 +84,8 @@ class _Tally:
     actors_started: int = 0
     part_s: float = 0.0  # in the actors
     load_s: float = 0.0  # of which loading encoders
-    actor_start_s: float = 0.0  # an actor's first part: its round trip less its time in the actor
-    overhead_s: float = 0.0  # every later part: the same difference (dispatch, pickling, result)
-    warm: set[int] = field(default_factory=set)  # slots whose actor has returned a part
-    cold: int = 0  # parts that were their actor's first
+    actor_start_s: float = 0.0  # creation to ready, summed over actors (process start, imports)
+    overhead_s: float = 0.0  # round trip less the time in the actor, summed over parts
 
     def add(self, slot: int, result: PartResult, round_trip: float) -> None:
         self.stats[slot].absorb(result.stats)
@@ -95,25 +93,17 @@ class _Tally:
         self.skipped += result.skipped
         self.part_s += result.seconds
         self.load_s += result.load_s
-        if slot in self.warm:
-            self.overhead_s += round_trip - result.seconds
-        else:
-            self.actor_start_s += round_trip - result.seconds
-            self.warm.add(slot)
-            self.cold += 1
-
-    def lost(self, slot: int) -> None:
-        self.warm.discard(slot)  # its replacement starts cold
+        self.overhead_s += round_trip - result.seconds
 
     def details(self) -> dict[str, Any]:
-        later = self.parts - self.cold
         return {"parts": self.parts, "skipped": self.skipped, "actors_started": self.actors_started,
                 "part_s": self.part_s, "load_s": self.load_s, "actor_start_s": self.actor_start_s,
-                "overhead_s_per_part": self.overhead_s / later if later > 0 else 0.0}
+                "overhead_s_per_part": self.overhead_s / self.parts if self.parts else 0.0}
 
 
 class _Pool:
-    """``count`` actor slots; a slot whose actor died gets a fresh one."""
+    """``count`` actor slots. A slot takes parts once its actor is placed and up (so actors that find no
+    room on the cluster never hold parts back), and a slot whose actor died gets a fresh one."""
 
     def __init__(self, job: RayJob, count: int, tally: _Tally):
         import ray
@@ -121,17 +111,39 @@ class _Pool:
         self.remote = ray.remote(num_cpus=job.pc.cpus_per_worker, num_gpus=job.pc.gpus_per_worker,
                                  max_restarts=0)(PartWorker)
         self.job, self.tally = job, tally
-        self.actors = [self._start(slot) for slot in range(count)]
+        self.actors: list[Any] = [None] * count
+        self.starting: dict[Any, tuple[int, float]] = {}  # ready ref -> (slot, creation time)
+        self.failed_starts = [0] * count
+        for slot in range(count):
+            self._start(slot)
 
-    def _start(self, slot: int) -> Any:
+    def _start(self, slot: int) -> None:
         self.tally.actors_started += 1
-        return self.remote.remote(self.job, slot)
+        self.actors[slot] = self.remote.remote(self.job, slot)
+        self.starting[self.actors[slot].__ray_ready__.remote()] = (slot, time.perf_counter())
 
     def replace(self, slot: int) -> None:
         import ray
 
         ray.kill(self.actors[slot], no_restart=True)
-        self.actors[slot] = self._start(slot)
+        self._start(slot)
+
+    def up(self, ref: Any) -> int | None:
+        """The slot whose actor came up with ``ref``; None when it died starting (then it is started again)."""
+        import ray
+        from ray.exceptions import RayError
+
+        slot, t0 = self.starting.pop(ref)
+        try:
+            ray.get(ref)
+        except RayError as exc:
+            self.failed_starts[slot] += 1
+            if self.failed_starts[slot] > self.job.pc.max_retries:
+                raise PartFailed(f"a Ray actor could not start {self.failed_starts[slot]} time(s): {exc}") from None
+            self.replace(slot)
+            return None
+        self.tally.actor_start_s += time.perf_counter() - t0
+        return slot
 
     def close(self) -> None:
         import ray
@@ -156,7 +168,11 @@ class RayEngine:
             log.info("ray: %d parts on %d actors (%s CPU, %s GPU each)", len(tasks), count,
                      self.pc.cpus_per_worker, self.pc.gpus_per_worker)
             tally = _Tally([RankStats.start(i, "", self.job.modalities) for i in range(count)])
-            self._schedule(tasks, _Pool(replace(self.job, hook=PART_HOOK), count, tally), tally)
+            pool = _Pool(replace(self.job, hook=PART_HOOK), count, tally)
+            try:
+                self._schedule(tasks, pool, tally)
+            finally:
+                pool.close()
         finally:
             if started:
                 ray.shutdown()
@@ -165,47 +181,50 @@ class RayEngine:
                              **tally.details()})
 
     def _schedule(self, tasks: list[PartTask], pool: _Pool, tally: _Tally) -> None:
+        """Hand each idle slot the next part until every part is written (or one may not be retried)."""
         import ray
         from tqdm import tqdm
 
-        queue, idle, running = deque(tasks), list(range(len(pool.actors)))[::-1], {}
-        try:
-            with tqdm(total=len(tasks), desc="precompute parts (ray)", unit="part", dynamic_ncols=True) as bar:
-                while queue or running:
-                    while queue and idle:
-                        slot, task = idle.pop(), queue.popleft()
-                        running[pool.actors[slot].run.remote(task)] = (slot, task, time.perf_counter())
-                    (ref,), _ = ray.wait(list(running), num_returns=1)
-                    slot, task, t0 = running.pop(ref)
-                    idle.append(slot)
-                    retry = self._collect(ref, slot, task, t0, pool, tally)
-                    if retry is None:
-                        bar.update(1)
-                    else:
-                        queue.appendleft(retry)
-        finally:
-            pool.close()
+        queue, idle, running = deque(tasks), [], {}
+        with tqdm(total=len(tasks), desc="precompute parts (ray)", unit="part", dynamic_ncols=True) as bar:
+            while queue or running:
+                while queue and idle:
+                    slot, task = idle.pop(), queue.popleft()
+                    running[pool.actors[slot].run.remote(task)] = (slot, task, time.perf_counter())
+                (ref,), _ = ray.wait([*running, *pool.starting], num_returns=1)
+                if ref in pool.starting:
+                    slot = pool.up(ref)
+                    idle += [] if slot is None else [slot]
+                    continue
+                slot, task, t0 = running.pop(ref)
+                retry, alive = self._collect(ref, slot, task, t0, pool, tally)
+                idle += [slot] if alive else []
+                if retry is None:
+                    bar.update(1)
+                else:
+                    queue.appendleft(retry)
 
     def _collect(self, ref: Any, slot: int, task: PartTask, t0: float, pool: _Pool,
-                 tally: _Tally) -> PartTask | None:
-        """Record a finished part; the task to try again when it failed (or raise when it may not)."""
+                 tally: _Tally) -> tuple[PartTask | None, bool]:
+        """Record a finished part: (the task to try again if it failed, whether the slot's actor lives)."""
         import ray
         from ray.exceptions import RayError, RayTaskError
 
+        alive = True
         try:
             tally.add(slot, ray.get(ref), time.perf_counter() - t0)
-            return None
+            return None, alive
         except RayTaskError as exc:
             if isinstance(exc.cause, StopRun) or isinstance(exc, StopRun):
                 raise StopRun(f"part {task.name}: {exc.cause}") from None
             reason, error = "error", f"{type(exc.cause).__name__}: {exc.cause}"
         except RayError as exc:  # the actor died with the part: a crash, a kill, a lost node
             pool.replace(slot)
-            tally.lost(slot)
-            reason, error = "lost", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            alive, reason = False, "lost"
+            error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         if task.attempt >= self.pc.max_retries:
             raise PartFailed(f"part {task.name} failed {task.attempt + 1} time(s) (precompute.max_retries = "
                              f"{self.pc.max_retries}); the last error: {error}")
         log.warning("part %s: attempt %d %s (%s); trying again", task.name, task.attempt, reason, error)
         tally.retries.append(Retry(task.shard.shard_id, task.modality, task.attempt, reason, error[:2000]))
-        return replace(task, attempt=task.attempt + 1)
+        return replace(task, attempt=task.attempt + 1), alive

@@ -49,12 +49,14 @@ def on_ray(manifest: Manifest, output: Path, **keys) -> Manifest:
 
 def test_a_ray_run_writes_the_local_runs_stores(cluster, local_run, tiny_shards, tmp_path):
     assert cluster["CPU"] == 2
-    summary = run(on_ray(local_run["manifest"], tmp_path / "out"))
+    # 3 actors of 1 CPU on 2 CPUs: the third never finds room, and holds no part back
+    summary = run(on_ray(local_run["manifest"], tmp_path / "out", workers=3))
     assert_same_as_local(local_run["output"], tmp_path / "out")
     engine = json.loads((tmp_path / "out" / "precompute.json").read_text())["engine"]
     parts = tiny_shards["shards"] * len(MODS)
-    assert engine["name"] == "ray" and engine["workers"] == 2 and engine["retries"] == 0
-    assert engine["parts"] == parts and engine["skipped"] == 0 and engine["actors_started"] == 2
+    assert engine["name"] == "ray" and engine["workers"] == 3 and engine["retries"] == 0
+    assert engine["parts"] == parts and engine["skipped"] == 0 and engine["actors_started"] == 3
+    assert sorted(r["parts_written"] > 0 for r in summary["ranks"]) == [False, True, True]
     assert summary["this_run"] == local_run["summary"]["this_run"]
     assert sum(r["parts_written"] for r in summary["ranks"]) == parts
     # the parts are the completion markers: the other engine finds nothing left to do
