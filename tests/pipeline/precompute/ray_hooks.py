@@ -22,3 +22,47 @@ def raise_once_and_kill_once(shard: str, modality: str, attempt: int) -> None:
 def always_raise(shard: str, modality: str, attempt: int) -> None:
     if (shard, modality) == RAISE_ON:
         raise RuntimeError(f"test hook: {shard}/{modality} fails on attempt {attempt}")
+
+
+def summary_features(items) -> dict:
+    """A batch of any decoded items (captions, images) as 4 numbers each."""
+    import numpy as np
+    import torch
+
+    rows = []
+    for item in items:
+        a = np.frombuffer(item.encode(), np.uint8) if isinstance(item, str) else np.asarray(item, np.float32)
+        a = a.astype(np.float32).ravel()
+        rows.append([a.size, a.mean(), a.std(), 1.0])
+    return {"x": torch.tensor(rows, dtype=torch.float32)}
+
+
+class TinyEncoder:
+    """A plain-torch plugin encoder: no transformers import, so an actor holding it starts fast."""
+
+    name, dim, sample_rate = "ray-hooks-tiny", 4, None
+
+    def __init__(self, modality: str):
+        self.modality = modality
+
+    def preprocessor(self):
+        return summary_features
+
+    def encode(self, batch):
+        return batch["x"] + 1e-3
+
+    def modules(self):
+        return []
+
+    def to(self, device):
+        return self
+
+    def digest(self):
+        return "sha256:none"
+
+    def provenance(self):
+        return {}
+
+
+def tiny(modality, config):
+    return TinyEncoder(modality)

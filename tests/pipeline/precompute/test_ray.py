@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,16 +30,39 @@ HOOKS = "tests.pipeline.precompute.ray_hooks"
 
 @pytest.fixture(scope="module")
 def cluster():
-    # the actors import the test hooks from this checkout (pipeline itself is installed in CI)
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
-    yield ray.cluster_resources()
-    ray.shutdown()
+    # The actors import the test hooks from this checkout (pipeline itself is installed in CI): the
+    # cluster's processes inherit this environment, which is cheaper than a runtime_env per worker.
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), before) if p)
+    try:
+        ray.init(num_cpus=2, include_dashboard=False)
+        yield ray.cluster_resources()
+    finally:
+        ray.shutdown()
+        if before is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = before
 
 
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory, tiny_clip, tiny_audio, tiny_shards) -> dict:
     d = tmp_path_factory.mktemp("local")
     manifest = load(write_manifest(d / "m.toml", tiny_shards["pattern"], d / "out", tiny_clip, tiny_audio))
+    return {"output": d / "out", "summary": run(manifest), "manifest": manifest}
+
+
+def with_tiny_encoders(manifest: Manifest) -> Manifest:
+    """Every modality through the plain-torch plugin encoder: actors that import no transformers start fast."""
+    return replace(manifest, precompute=replace(manifest.precompute, trust_code=True),
+                   modalities={m: replace(c, encoder=f"{HOOKS}:tiny") for m, c in manifest.modalities.items()})
+
+
+@pytest.fixture(scope="module")
+def tiny_local_run(tmp_path_factory, local_run) -> dict:
+    d = tmp_path_factory.mktemp("tiny-local")
+    manifest = with_tiny_encoders(local_run["manifest"])
+    manifest = replace(manifest, dataset=replace(manifest.dataset, output=str(d / "out")))
     return {"output": d / "out", "summary": run(manifest), "manifest": manifest}
 
 
@@ -65,10 +89,10 @@ def test_a_ray_run_writes_the_local_runs_stores(cluster, local_run, tiny_shards,
     assert again["engine"]["name"] == "local" and again["ranks"][0]["parts_written"] == 0
 
 
-def test_a_failed_part_and_a_lost_worker_are_retried(cluster, local_run, tmp_path, monkeypatch):
+def test_a_failed_part_and_a_lost_worker_are_retried(cluster, tiny_local_run, tmp_path, monkeypatch):
     monkeypatch.setattr(ray_engine, "PART_HOOK", f"{HOOKS}:raise_once_and_kill_once")
-    summary = run(on_ray(local_run["manifest"], tmp_path / "out", max_retries=1))
-    assert_same_as_local(local_run["output"], tmp_path / "out")
+    summary = run(on_ray(tiny_local_run["manifest"], tmp_path / "out", max_retries=1))
+    assert_same_as_local(tiny_local_run["output"], tmp_path / "out")
     engine = summary["engine"]
     retried = {(r["shard"], r["modality"]): r for r in engine["retried_parts"]}
     assert set(retried) == {ray_hooks.RAISE_ON, ray_hooks.KILL_ON} and engine["retries"] == 2
@@ -80,8 +104,9 @@ def test_a_failed_part_and_a_lost_worker_are_retried(cluster, local_run, tmp_pat
 
 
 def one_part(manifest: Manifest, pattern: str, shard: str, modality: str, output: Path, **keys) -> Manifest:
-    """A ray run of a single part (one shard, one modality, one actor): the cheap way to fail."""
-    manifest = on_ray(manifest, output, workers=1, **keys)
+    """A ray run of a single part (one shard, one modality, one actor, a plain-torch encoder): the cheap way
+    to fail."""
+    manifest = on_ray(with_tiny_encoders(manifest), output, workers=1, **keys)
     return replace(manifest, dataset=replace(manifest.dataset, shards=pattern.replace("{000000..000003}", shard)),
                    modalities={modality: manifest.modalities[modality]})
 

@@ -79,3 +79,25 @@ def test_three_array_tasks_cover_every_part_once_and_equal_one_run(tiny_shards, 
     assert shards_by_task == [["shard-000000", "shard-000003"], ["shard-000001"], ["shard-000002"]]
     assert parts == tiny_shards["shards"] * len(MODS)
     assert_same_as_local(tmp_path / "whole", tmp_path / "array")
+
+
+def test_array_tasks_share_the_output_lock_and_hold_their_slices(tmp_path):
+    from pipeline.core.layout import OutputLayout
+    from pipeline.precompute.lock import OutputBusy
+    from pipeline.precompute.stage import _take_locks
+
+    layout = OutputLayout(tmp_path)
+    task = {i: partition(0, 1, {"SLURM_ARRAY_TASK_ID": str(i), "SLURM_ARRAY_TASK_COUNT": "3"}) for i in range(3)}
+    first, second = _take_locks(layout, task[0]), _take_locks(layout, task[1])  # side by side
+    with pytest.raises(OutputBusy, match="another `bindery precompute`"):
+        _take_locks(layout, task[1])  # the same slice twice
+    with pytest.raises(OutputBusy, match="Slurm array tasks"):
+        _take_locks(layout, partition(0, 1, {}))  # a plain run while tasks run
+    for lock in first + second:
+        lock.release()
+    plain = _take_locks(layout, partition(0, 1, {}))
+    with pytest.raises(OutputBusy):
+        _take_locks(layout, task[2])  # a task while a plain run runs
+    plain[0].release()
+    for lock in _take_locks(layout, task[2]):
+        lock.release()
