@@ -241,6 +241,10 @@ class OutputLayout:
     def lock(self) -> Path:
         return self.root / ".bindery.lock"
 
+    def slice_lock(self, index: int, count: int) -> Path:
+        """Held by the precompute run of Slurm array slice ``index`` of ``count`` (beside a shared ``lock``)."""
+        return self.root / f".bindery.lock.slice-{index}-of-{count}"
+
     @property
     def dedupe_marker(self) -> Path:
         """What the stores looked like after the last duplicate-key pass (the pass is skipped if unchanged)."""

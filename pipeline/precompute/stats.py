@@ -52,6 +52,20 @@ class RankStats:
         self.counts[modality]["ok"] += stored
         self.counts[modality].update(statuses)
 
+    def absorb(self, other: RankStats) -> None:
+        """Add ``other``'s figures (one part, under the ray engine) to this worker's."""
+        self.device = other.device or self.device
+        self.shards.extend(other.shards)
+        self.parts_written += other.parts_written
+        self.samples_read += other.samples_read
+        for m, counts in other.counts.items():
+            self.counts.setdefault(m, Counter()).update(counts)
+        self.faults.update(other.faults)
+        for name in ("read_s", "wait_s", "encode_s", "write_s", "loop_s", "wall_s"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for m, seconds in other.encode_s_by_modality.items():
+            self.encode_s_by_modality[m] = self.encode_s_by_modality.get(m, 0.0) + seconds
+
     def to_json(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         return {**out, "shards": list(self.shards), "counts": {m: dict(c) for m, c in self.counts.items()},

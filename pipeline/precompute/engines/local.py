@@ -1,0 +1,37 @@
+"""``engine = "local"``: this process's parts through its own DataLoader workers and encoders.
+
+Under ``accelerate launch`` / ``torchrun`` every rank runs one of these over its slice of the
+shards; the stage gathers the ranks' figures.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pipeline.core.layout import OutputLayout
+from pipeline.core.manifest import PrecomputeConfig
+from pipeline.precompute.encoding import Encoding
+from pipeline.precompute.engines.base import EngineResult, shard_dataset
+from pipeline.precompute.handlers import Handler
+from pipeline.precompute.loader import ShardWork, make_loader
+from pipeline.precompute.rank import RankLoop
+from pipeline.precompute.stats import RankStats
+
+
+class LocalEngine:
+    def __init__(self, encoders: dict[str, Encoding], layout: OutputLayout, pc: PrecomputeConfig,
+                 handler: Handler, rank: int, world: int, device: torch.device):
+        self.encoders, self.layout, self.pc, self.handler = encoders, layout, pc, handler
+        self.rank, self.world, self.device = rank, world, device
+
+    def run(self, work: list[ShardWork]) -> EngineResult:
+        from tqdm import tqdm
+
+        stats = RankStats.start(self.rank, str(self.device), self.encoders)
+        if work:
+            dataset = shard_dataset(work, self.encoders, self.handler, self.pc)
+            loader = make_loader(dataset, self.pc, self.world, self.device)
+            with tqdm(desc=f"precompute rank {self.rank}", unit="item", disable=self.rank != 0,
+                      dynamic_ncols=True) as bar:
+                RankLoop(self.layout, self.encoders, self.handler, stats).run(loader, bar)
+        return EngineResult("local", [stats], self.world)
