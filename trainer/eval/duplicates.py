@@ -53,7 +53,7 @@ def find_duplicates(space: Space, layout: OutputLayout, hashes: dict[str, dict[s
         member = [hashes.get(k, {}).get(m) for k in space.keys[m]]
         exact = exact_copies(member, held, train)
         store = read_store(layout.root, m)
-        own = F.normalize(torch.from_numpy(np.asarray(store.vectors, np.float32)), dim=-1)
+        own = F.normalize(torch.from_numpy(np.array(store.vectors, np.float32)), dim=-1)
         near = near_copies(own, held, train, threshold)
         either = np.union1d(exact, near)
         out[m] = {"held_out": int(len(held)), "exact": int(len(exact)), "near": int(len(near)),

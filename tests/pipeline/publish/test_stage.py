@@ -39,7 +39,8 @@ def _manifest(output: Path, **publish_keys):
     return from_dict({
         "dataset": {"name": "tiny", "shards": "shards-{0..1}.tar", "output": str(output), "license": "cc0-1.0"},
         "modalities": {m: {"encoder": f"planted-{m}"} for m in DIMS},
-        "pair": {"query": "text", "k": 3, "head_run": "r1"},
+        # accept_quantile 0: every raw neighbour is kept, so the bundle's row counts are N * k per target
+        "pair": {"query": "text", "k": 3, "head_run": "r1", "accept_quantile": 0.0},
         "publish": {"part_mb": 0.01, "run": "r1", **publish_keys},
     })
 
