@@ -41,7 +41,9 @@ def run_one(manifest: str, name: str, output: Path) -> dict:
     wall = time.perf_counter() - t0
     if proc.returncode:
         raise SystemExit(f"{name}: exit {proc.returncode}\n{proc.stderr[-3000:]}")
-    summary = json.loads((output / "precompute.json").read_text())
+    from pipeline.core.layout import OutputLayout
+
+    summary = json.loads(OutputLayout(output).precompute_summary.read_text())
     row = {"config": name, "wall_s": round(wall, 1), "stage_wall_s": round(summary["wall_s"], 1),
            "stored": sum(c["ok"] for c in summary["this_run"].values()),
            "loadavg_before": [round(x, 2) for x in load_before], "loadavg_after": [round(x, 2) for x in os.getloadavg()]}
