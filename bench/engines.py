@@ -9,6 +9,8 @@ less its time in the actor) and, per later part, the driver's round trip less th
 (``overhead_s_per_part``: dispatch, argument and result pickling, scheduling).
 
 The machine's load average is printed beside every figure: on a shared machine it moves them.
+Ray runs its workers at nice 15 by default; the bench sets ``RAY_worker_niceness=0`` (unless it
+is set) so that on a shared machine the actors compete for the CPUs as the local engine does.
 ``python -m bench.engines [--manifest manifests/demo.toml] [--configs local,ray,ray-dl1]``
 """
 
@@ -37,7 +39,7 @@ def run_one(manifest: str, name: str, output: Path) -> dict:
     cmd = [sys.executable, "-m", "pipeline.cli", "precompute", manifest, *(a for s in sets for a in ("--set", s))]
     load_before = os.getloadavg()
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "RAY_DEDUP_LOGS": "1"})
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={"RAY_worker_niceness": "0", **os.environ})
     wall = time.perf_counter() - t0
     if proc.returncode:
         raise SystemExit(f"{name}: exit {proc.returncode}\n{proc.stderr[-3000:]}")
@@ -50,7 +52,8 @@ def run_one(manifest: str, name: str, output: Path) -> dict:
     engine = summary["engine"]
     if engine["name"] == "ray":
         row.update({k: round(engine[k], 3) if isinstance(engine[k], float) else engine[k]
-                    for k in ("workers", "parts", "part_s", "load_s", "actor_start_s", "overhead_s_per_part")})
+                    for k in ("workers", "parts", "cluster_start_s", "part_s", "load_s", "actor_start_s",
+                              "overhead_s_per_part") if k in engine})
     return row
 
 

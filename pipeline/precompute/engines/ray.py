@@ -162,7 +162,9 @@ class RayEngine:
         tasks = part_tasks(work)
         if not tasks:
             return EngineResult("ray", [], 0)
+        t0 = time.perf_counter()
         started = connect(self.pc)
+        cluster_s = time.perf_counter() - t0
         try:
             count = worker_count(self.pc, ray.cluster_resources(), len(tasks))
             log.info("ray: %d parts on %d actors (%s CPU, %s GPU each)", len(tasks), count,
@@ -178,7 +180,7 @@ class RayEngine:
                 ray.shutdown()
         return EngineResult("ray", tally.stats, count, tally.retries,
                             {"address": self.pc.ray_address or os.environ.get("RAY_ADDRESS", "") or "local",
-                             **tally.details()})
+                             "cluster_start_s": cluster_s, **tally.details()})
 
     def _schedule(self, tasks: list[PartTask], pool: _Pool, tally: _Tally) -> None:
         """Hand each idle slot the next part until every part is written (or one may not be retried)."""
