@@ -98,6 +98,10 @@ demo-data:
 brokenbind *args:
     {{venv}}/python -m bench.brokenbind {{args}}
 
+# bare vs end to end for EBind's backbones at their real sizes, random weights, small inputs, on the CPU
+bench-ebind *args:
+    {{venv}}/python -m bench.precompute --small --device cpu --only pe-core,imagebind,uni3d {{args}}
+
 # EBind's five backbones (PE-Core-L14-336, ImageBind-huge audio, Uni3D-g) with random weights on a
 # few demo samples, on the CPU: checks the architectures and conventions end to end (minutes)
 ebind-smoke:

@@ -104,6 +104,14 @@ def test_a_scale_in_the_metadata_is_the_norm_promised(planted):
         rewrite(part, scaled)
     assert np.allclose(np.linalg.norm(read_store(planted, "audio").vectors, axis=1), 2.0, atol=1e-5)
 
+    def rescaled(keys, vectors, meta):  # a part consistent in itself (norm 3, scale 3), unlike its store
+        vectors *= 1.5
+        meta["scale"] = 3
+
+    rewrite(second_part(planted), rescaled)
+    with pytest.raises(StoreError, match="mixes encoders"):  # parts of one store never differ in scale
+        read_store(planted, "audio")
+
 
 def test_mixed_float16_and_float32_parts_are_refused(planted):
     part = second_part(planted)
