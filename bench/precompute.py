@@ -3,7 +3,7 @@
 For every row (a modality and an encoder):
 
 * bare: one preprocessed batch already on the device (the encoder's own preprocessor over
-  decoded members of the row's shards), encoder forward only, bf16 autocast on CUDA,
+  decoded members of the row's shards, then its device-side ``prepare``), encoder forward only, bf16 autocast on CUDA,
   warm-up excluded, CUDA synchronised; the same batch size as the end-to-end run;
 * end to end: ``pipeline.precompute.stage.run`` over tar shards of real-looking members (decode in
   the DataLoader workers, preprocess, device transfer, encode, normalise, Parquet writes),
@@ -170,7 +170,9 @@ def device_batch(encoder, cfg: Any, row: Row, pattern_dir: Path, device: torch.d
             items.append(decode_member(sample, row.modality, cfg, rate))
     while len(items) < row.batch_size:  # a shard smaller than a batch: repeat
         items += items[:row.batch_size - len(items)]
-    return {k: v.to(device) for k, v in encoder.preprocessor()(items).items()}
+    on_device = {k: v.to(device) for k, v in encoder.preprocessor()(items).items()}
+    with torch.inference_mode():
+        return encoder.prepare(on_device)  # the bare figure is the forward alone
 
 
 def measure_row(name: str, row: Row, model_dir: Path, device: torch.device, root: Path, workers: int,

@@ -88,6 +88,10 @@ class PooledImageEncoder(Encoder):
     def preprocessor(self):
         return self._pre
 
+    def prepare(self, batch: Batch) -> Batch:
+        rest = self.image.prepare({k: v for k, v in batch.items() if k != COUNTS})
+        return {**rest, COUNTS: batch[COUNTS]}
+
     def encode(self, batch: Batch) -> torch.Tensor:
         counts = batch[COUNTS]
         feats = self.image.encode({k: v for k, v in batch.items() if k != COUNTS})

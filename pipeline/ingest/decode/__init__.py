@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.ingest.decode.audio import decode_audio, resample
+from pipeline.ingest.decode.audio import decode_audio
 from pipeline.ingest.decode.base import EXTENSIONS, DecodeError
 from pipeline.ingest.decode.image import decode_image
 from pipeline.ingest.decode.points import decode_points
@@ -26,7 +26,7 @@ from pipeline.ingest.decode.video import decode_video
 from pipeline.ingest.shards import DUPLICATE, SkippedMember
 
 __all__ = ["DECODERS", "EXTENSIONS", "DecodeContext", "DecodeError", "decode_audio", "decode_image", "decode_member",
-           "decode_points", "decode_text", "decode_video", "find_member", "resample"]
+           "decode_points", "decode_text", "decode_video", "find_member"]
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from pipeline.ingest.shards import Shard
 from pipeline.precompute.encoding import Encoding
 from pipeline.precompute.engines.base import StoppingHandler, load_encoding, shard_dataset
 from pipeline.precompute.handlers import HANDLERS
+from pipeline.precompute.cores import choose_split
 from pipeline.precompute.loader import ShardWork, make_loader
 from pipeline.precompute.plan import part_done
 from pipeline.precompute.rank import RankLoop
@@ -131,7 +132,8 @@ class PartWorker:
         dataset = shard_dataset([task.work()], encoders, self.handler, self.job.pc)
         messages: Any = dataset
         if self.job.pc.num_workers > 0:
-            messages = make_loader(dataset, self.job.pc, 1, self.device)
+            split = choose_split(self.job.pc.num_workers, 1, self.device, 1)  # the actor's own CPUs, as given
+            messages = make_loader(dataset, self.job.pc, split, self.device)
         RankLoop(self.layout, encoders, self.handler, stats).run(messages, _Progress(self.hook, task))
         stats.wall_s = time.perf_counter() - t0
         return PartResult(stats, stats.wall_s, load_s, False)

@@ -15,11 +15,11 @@ def test_video_is_the_mean_of_unnormalised_frame_features(tiny_clip):
     rng = np.random.default_rng(0)
     clips = [(rng.random((3, 32, 32, 3)) * 255).astype(np.uint8) for _ in range(2)]
     with torch.no_grad():
-        pooled = enc.encode(enc.preprocessor()(clips))
+        pooled = enc.features(clips)
         image = build("image", ImageConfig(encoder=f"hf:{tiny_clip}"))
         from PIL import Image
 
-        frames = image.encode(image.preprocessor()([Image.fromarray(f) for f in clips[1]]))
+        frames = image.features([Image.fromarray(f) for f in clips[1]])
     torch.testing.assert_close(pooled[1], frames.mean(0), atol=1e-5, rtol=1e-5)
 
 
