@@ -118,7 +118,8 @@ def _decode(plan, modality: str, members) -> tuple[list[str], list[Any], float, 
     for key, ext, raw in members:
         t0 = time.process_time()
         try:
-            items.append(decode_member({"__key__": key, ext: raw}, modality, plan.config, plan.sample_rate))
+            items.append(decode_member({"__key__": key, ext: raw}, modality, plan.config, plan.sample_rate,
+                                       plan.image_side))
             keys.append(key)
         except DecodeError as exc:
             failed += 1
@@ -131,6 +132,12 @@ def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str
     out = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     _sync(device)
     return out
+
+
+def _prepare(encoding, batch: dict[str, torch.Tensor], device: torch.device) -> None:
+    with torch.inference_mode():
+        encoding.prepare(batch)
+    _sync(device)
 
 
 def measure_source(encoding, members, batch_size: int, device: torch.device, folder: Path) -> Costs:
@@ -150,7 +157,8 @@ def measure_source(encoding, members, batch_size: int, device: torch.device, fol
         on_device, spent = _cpu(_to_device, batch, device)
         costs.h2d += spent
         costs.h2d_bytes += sum(v.numel() * v.element_size() for v in batch.values())
-        del on_device
+        _, spent = _cpu(_prepare, encoding, on_device, device)
+        costs.device += spent
         keys_all += keys
         costs.samples += len(keys)
     vectors = np.random.default_rng(0).normal(size=(len(keys_all), encoding.encoder.dim)).astype(np.float32)

@@ -25,6 +25,7 @@ import torch
 from pipeline.encoders.audio_features import PcmCollate, clip_waves
 from pipeline.encoders.base import Batch, Encoder, EncoderError
 from pipeline.encoders.hf_audio import device_extractor
+from pipeline.encoders.image_prep import split_processor
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,17 @@ def _probe_dim(encoder: HFEncoder, example: Any) -> int:
         return int(encoder.features([example, example]).shape[-1])
 
 
+def _image_steps(proc: Any) -> tuple[Any, Any, int]:
+    """(worker preprocessor, device step, short side for draft decoding) of an image processor."""
+    split = split_processor(proc)
+    if split is None:
+        size = getattr(proc, "size", None)
+        shortest = (size.get("shortest_edge") if isinstance(size, dict) else getattr(size, "shortest_edge", 0)) or 0
+        return ImagePreprocessor(proc), None, int(shortest)
+    crop, normalize = split
+    return crop, normalize, crop.shortest
+
+
 def _audio_steps(ext: Any, rate: int, seconds: float) -> tuple[Any, DeviceAudio | None]:
     """(worker preprocessor, device step): features on the device when the extractor has a torch version."""
     extract = device_extractor(ext)
@@ -154,13 +166,15 @@ def build(modality: str, config: Any) -> Encoder:
     method = FEATURE_METHODS[modality] if hasattr(model, FEATURE_METHODS[modality]) else None
     fallback = "mean over the attention mask" if modality == "text" else "pooler_output, else mean over tokens"
     info: dict[str, Any] = {"model_class": type(model).__name__, "pooling": method or fallback}
-    rate, on_device = None, None
+    rate, on_device, input_size = None, None, 0
     try:
         if modality == "image":
             proc = tf.AutoImageProcessor.from_pretrained(path)
-            pre, example = ImagePreprocessor(proc), _blank_image()
+            pre, on_device, input_size = _image_steps(proc)
+            example = _blank_image()
             size = getattr(proc, "size", None)
             info["image_size"] = {k: v for k, v in dict(size).items() if v is not None} if size else None
+            info["resize"] = f"Pillow, once, in the worker; {'normalised on the device' if on_device else type(proc).__name__}"
         elif modality == "text":
             tok = tf.AutoTokenizer.from_pretrained(path)
             max_len = _max_length(model, tok)
@@ -182,6 +196,7 @@ def build(modality: str, config: Any) -> Encoder:
         raise EncoderError(f"modalities.{modality}.encoder: {name!r} ({type(model).__name__}) has no "
                            f"{FEATURE_METHODS[modality]} and does not take {modality} input")
     enc = HFEncoder(modality, name, model, pre, 0, method, info, rate, on_device)
+    enc.input_size = input_size
     enc.dim = _probe_dim(enc, example)
     log.info("hf encoder %s for %s: %s, dim %d, pooling %s", name, modality, info["model_class"], enc.dim,
              info["pooling"])

@@ -55,6 +55,7 @@ class ModalityPlan:
     config: ModalityConfig
     preprocess: Any  # the encoder's preprocessor: decoded items -> Batch
     sample_rate: int | None = None
+    image_side: int = 0  # image encoders: the short side they resize to (JPEG draft decoding)
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,7 @@ class _ShardReader:
         """Decode one member into the pending batch; False (and a status row) when it is bad."""
         plan = self.plans[modality]
         try:
-            item = decode_member(sample, modality, plan.config, plan.sample_rate)
+            item = decode_member(sample, modality, plan.config, plan.sample_rate, plan.image_side)
         except DecodeError as exc:
             if exc.status != "missing":  # an absent member is never a fault of the input
                 keep_going(self.handler, exc)
@@ -245,7 +246,7 @@ def _worker_init(_: int) -> None:
 def decode_item(sample: dict[str, Any], modality: str, plan: ModalityPlan) -> Any:
     """The decoded member, or None when it is bad or absent (the calibration's decoder)."""
     try:
-        return decode_member(sample, modality, plan.config, plan.sample_rate)
+        return decode_member(sample, modality, plan.config, plan.sample_rate, plan.image_side)
     except Exception:
         return None
 

@@ -35,8 +35,8 @@ def test_clip_image_and_text_towers(tiny_clip):
     img = build("image", ImageConfig(encoder=f"hf:{tiny_clip}"))
     assert img.dim == 16 and img.provenance()["pooling"] == "get_image_features"
     pre = pickle.loads(pickle.dumps(img.preprocessor()))  # DataLoader workers get a pickled copy
-    batch = pre([Image.new("RGB", (50, 40), (200, 10, 10)), Image.new("RGB", (32, 32))])
-    assert batch["pixel_values"].shape == (2, 3, 32, 32)
+    batch = img.prepare(pre([Image.new("RGB", (50, 40), (200, 10, 10)), Image.new("RGB", (32, 32))]))
+    assert batch["pixel_values"].shape == (2, 3, 32, 32) and img.input_size == 32
     with torch.no_grad():
         feats = img.encode(batch)
         direct = img.model.get_image_features(pixel_values=batch["pixel_values"]).pooler_output

@@ -38,7 +38,7 @@ def test_points_fall_back_to_depth_views(tiny_clip):
     enc = adapt("points", PointsConfig(encoder=f"hf:{tiny_clip}", views=3), build)
     assert enc.modality == "points" and enc.provenance()["views"] == 3
     cloud = np.random.default_rng(1).standard_normal((200, 3)).astype(np.float32) / 4
-    batch = enc.preprocessor()([cloud, cloud[::-1].copy()])
+    batch = enc.prepare(enc.preprocessor()([cloud, cloud[::-1].copy()]))
     assert batch["pixel_values"].shape[0] == 6
     with torch.no_grad():
         out = enc.encode(batch)

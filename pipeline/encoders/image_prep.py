@@ -1,0 +1,103 @@
+"""CLIP-style image preprocessing split between the worker (resize once, crop, uint8) and the device.
+
+transformers' CLIP-style processors (shortest-edge resize, centre crop, rescale, normalise)
+spend most of their CPU on conversions: PIL -> NumPy -> PIL -> float64 -> float32, per image.
+:class:`CropPreprocessor` does the one step that needs Pillow in the worker -- a single resize of
+the (draft-decoded) image with the processor's own filter to its shortest-edge size, then the
+centre crop -- and hands over ``uint8`` pixels (a quarter of the float bytes to copy);
+:class:`Normalize` rescales and normalises them on the device. The pixels equal the processor's
+PIL path exactly; the floats differ by float32 rounding (the tests compare them).
+
+:func:`split_processor` accepts a processor only when it does exactly those steps (no padding,
+no longest edge); anything else stays with transformers in the worker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.encoders.base import Batch
+
+PIXELS = "pixels_uint8"  # the worker's batch entry: (B, 3, H, W) uint8
+
+
+def resize_size(width: int, height: int, shortest: int) -> tuple[int, int]:
+    """(width, height) with the short side at ``shortest`` (transformers' get_resize_output_image_size)."""
+    short, long = (width, height) if width <= height else (height, width)
+    new_long = int(shortest * long / short)
+    return (shortest, new_long) if width <= height else (new_long, shortest)
+
+
+@dataclass(frozen=True)
+class CropPreprocessor:
+    """Picklable worker side: PIL images -> {PIXELS: (B, 3, crop_h, crop_w) uint8}."""
+
+    shortest: int  # the short side after the resize
+    crop: tuple[int, int]  # (height, width) of the centre crop
+    resample: int  # the PIL filter the processor resizes with
+
+    def one(self, image: Any) -> np.ndarray:
+        from PIL import Image
+
+        image = image.convert("RGB")
+        size = resize_size(*image.size, self.shortest)
+        if size != image.size:
+            image = image.resize(size, Image.Resampling(self.resample))
+        arr = np.asarray(image)
+        h, w = self.crop
+        top, left = (arr.shape[0] - h) // 2, (arr.shape[1] - w) // 2
+        if top < 0 or left < 0:  # smaller than the crop: zero-padded, centred, as transformers pads
+            out = np.zeros((max(h, arr.shape[0]), max(w, arr.shape[1]), 3), np.uint8)
+            pt, pl = (out.shape[0] - arr.shape[0] + 1) // 2, (out.shape[1] - arr.shape[1] + 1) // 2
+            out[pt:pt + arr.shape[0], pl:pl + arr.shape[1]] = arr
+            arr, top, left = out, (out.shape[0] - h) // 2, (out.shape[1] - w) // 2
+        return np.ascontiguousarray(arr[top:top + h, left:left + w].transpose(2, 0, 1))
+
+    def __call__(self, images: list[Any]) -> Batch:
+        return {PIXELS: torch.from_numpy(np.stack([self.one(im) for im in images]))}
+
+
+@dataclass(frozen=True)
+class Normalize:
+    """Device side: {PIXELS} -> {"pixel_values": (B, 3, H, W) float32}, ``(x * rescale - mean) / std``."""
+
+    rescale: float
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    key: str = "pixel_values"
+
+    def __call__(self, batch: Batch) -> Batch:
+        x = batch[PIXELS].to(torch.float32) * self.rescale
+        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
+        rest = {k: v for k, v in batch.items() if k != PIXELS}
+        return {**rest, self.key: (x - mean) / std}
+
+
+def _size_of(value: Any, name: str) -> Any:
+    return value.get(name) if isinstance(value, dict) else getattr(value, name, None)
+
+
+def split_processor(proc: Any) -> tuple[CropPreprocessor, Normalize] | None:
+    """(worker step, device step) for a CLIP-style transformers image processor, or None."""
+    size, crop = getattr(proc, "size", None), getattr(proc, "crop_size", None)
+    shortest = _size_of(size, "shortest_edge") if size is not None else None
+    wanted = (getattr(proc, "do_resize", False), getattr(proc, "do_center_crop", False),
+              getattr(proc, "do_rescale", False), getattr(proc, "do_normalize", False))
+    if not all(wanted) or not shortest or _size_of(size, "longest_edge") or getattr(proc, "do_pad", False):
+        return None
+    if crop is None or not _size_of(crop, "height") or not _size_of(crop, "width"):
+        return None
+    mean, std = getattr(proc, "image_mean", None), getattr(proc, "image_std", None)
+    if mean is None or std is None or len(mean) != 3 or len(std) != 3:
+        return None
+    try:
+        resample = int(getattr(proc, "resample", None) or 2)  # PIL BILINEAR, transformers' default
+    except (TypeError, ValueError):  # not a PIL filter: leave the processor whole
+        return None
+    return (CropPreprocessor(int(shortest), (int(_size_of(crop, "height")), int(_size_of(crop, "width"))), resample),
+            Normalize(float(proc.rescale_factor), tuple(map(float, mean)), tuple(map(float, std))))
