@@ -196,7 +196,7 @@ def build(modality: str, config: Any) -> Encoder:
         raise EncoderError(f"modalities.{modality}.encoder: {name!r} ({type(model).__name__}) has no "
                            f"{FEATURE_METHODS[modality]} and does not take {modality} input")
     enc = HFEncoder(modality, name, model, pre, 0, method, info, rate, on_device)
-    enc.input_size = input_size
+    enc.input_size, enc.takes_pcm = input_size, modality == "audio"
     enc.dim = _probe_dim(enc, example)
     log.info("hf encoder %s for %s: %s, dim %d, pooling %s", name, modality, info["model_class"], enc.dim,
              info["pooling"])
