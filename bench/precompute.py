@@ -187,7 +187,7 @@ def measure_row(name: str, row: Row, model_dir: Path, device: torch.device, root
         "dataset": {"name": f"bench-{name}", "shards": pattern, "output": str(root / name / "out")},
         "modalities": {row.modality: {"encoder": row.spec or f"hf:{model_dir}", "batch_size": row.batch_size,
                                       **row.options}},
-        "precompute": {"device": str(device), "num_workers": workers, "precision": "bf16"},
+        "precompute": {"device": str(device), "precision": "bf16"},  # default split: calibrated on the CPU
     })
     cfg = manifest.modalities[row.modality]
     enc = build_encoder(row.modality, cfg).to(device)
@@ -214,7 +214,8 @@ def measure_row(name: str, row: Row, model_dir: Path, device: torch.device, root
             "bare_samples_per_s": bare_sps, "e2e_samples_per_s": e2e, "ratio": e2e / bare_sps,
             "bare_peak_gpu_gb": bare_peak, "e2e_peak_gpu_gb": e2e_peak,
             "read_s": summary["read_s"], "wait_s": summary["wait_s"], "encode_s": summary["encode_s"],
-            "write_s": summary["write_s"], "loop_s": loop, "num_workers": workers}
+            "write_s": summary["write_s"], "loop_s": loop, "num_workers": summary["ranks"][0]["cores"]["workers"],
+            "encoder_threads": summary["ranks"][0]["cores"]["threads"]}
 
 
 def measure(small: bool, device: str, only: str = "") -> dict[str, Any]:

@@ -3,10 +3,12 @@
 transformers' CLIP-style processors (shortest-edge resize, centre crop, rescale, normalise)
 spend most of their CPU on conversions: PIL -> NumPy -> PIL -> float64 -> float32, per image.
 :class:`CropPreprocessor` does the one step that needs Pillow in the worker -- a single resize of
-the (draft-decoded) image with the processor's own filter to its shortest-edge size, then the
-centre crop -- and hands over ``uint8`` pixels (a quarter of the float bytes to copy);
-:class:`Normalize` rescales and normalises them on the device. The pixels equal the processor's
-PIL path exactly; the floats differ by float32 rounding (the tests compare them).
+the (draft-decoded) image with the processor's own filter, of only the region the centre crop
+keeps -- and hands over ``uint8`` pixels (a quarter of the float bytes to copy);
+:class:`Normalize` rescales and normalises them on the device. The pixels are within 3 levels
+(mean under 0.1) of the processor's PIL path, which resizes the whole image and then crops: the
+box maps the crop back at the exact scale, where transformers truncates the resized size to an
+integer (the tests compare them).
 
 :func:`split_processor` accepts a processor only when it does exactly those steps (no padding,
 no longest edge); anything else stays with transformers in the worker.
@@ -44,18 +46,25 @@ class CropPreprocessor:
         from PIL import Image
 
         image = image.convert("RGB")
-        size = resize_size(*image.size, self.shortest)
-        if size != image.size:
-            image = image.resize(size, Image.Resampling(self.resample))
-        arr = np.asarray(image)
+        width, height = resize_size(*image.size, self.shortest)
         h, w = self.crop
-        top, left = (arr.shape[0] - h) // 2, (arr.shape[1] - w) // 2
-        if top < 0 or left < 0:  # smaller than the crop: zero-padded, centred, as transformers pads
-            out = np.zeros((max(h, arr.shape[0]), max(w, arr.shape[1]), 3), np.uint8)
-            pt, pl = (out.shape[0] - arr.shape[0] + 1) // 2, (out.shape[1] - arr.shape[1] + 1) // 2
-            out[pt:pt + arr.shape[0], pl:pl + arr.shape[1]] = arr
-            arr, top, left = out, (out.shape[0] - h) // 2, (out.shape[1] - w) // 2
-        return np.ascontiguousarray(arr[top:top + h, left:left + w].transpose(2, 0, 1))
+        top, left = (height - h) // 2, (width - w) // 2
+        if top >= 0 and left >= 0:
+            # only the crop is resampled: Pillow's box maps it back onto the source (same filter
+            # support), a third less work for a 3:2 photo; pixels within 3 levels of resize-then-crop
+            sx, sy = image.size[0] / width, image.size[1] / height
+            box = (left * sx, top * sy, (left + w) * sx, (top + h) * sy)
+            arr = np.asarray(image.resize((w, h), Image.Resampling(self.resample), box=box))
+            return np.ascontiguousarray(arr.transpose(2, 0, 1))
+        if (width, height) != image.size:
+            image = image.resize((width, height), Image.Resampling(self.resample))
+        arr = np.asarray(image)
+        # smaller than the crop: zero-padded, centred, as transformers pads
+        out = np.zeros((max(h, arr.shape[0]), max(w, arr.shape[1]), 3), np.uint8)
+        pt, pl = (out.shape[0] - arr.shape[0] + 1) // 2, (out.shape[1] - arr.shape[1] + 1) // 2
+        out[pt:pt + arr.shape[0], pl:pl + arr.shape[1]] = arr
+        top, left = (out.shape[0] - h) // 2, (out.shape[1] - w) // 2
+        return np.ascontiguousarray(out[top:top + h, left:left + w].transpose(2, 0, 1))
 
     def __call__(self, images: list[Any]) -> Batch:
         return {PIXELS: torch.from_numpy(np.stack([self.one(im) for im in images]))}

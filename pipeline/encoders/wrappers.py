@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from pipeline.encoders.base import Batch, Encoder, EncoderError
+from pipeline.encoders.depth_render import CloudCollate, DeviceRender, renders_on_device
 
 log = logging.getLogger(__name__)
 
@@ -81,14 +82,16 @@ class DepthViewsPreprocessor:
 class PooledImageEncoder(Encoder):
     """An image encoder over several images per sample (frames or views), mean-pooled."""
 
-    def __init__(self, modality: str, image: Encoder, preprocess: Any, info: dict[str, Any]):
+    def __init__(self, modality: str, image: Encoder, preprocess: Any, info: dict[str, Any], before: Any = None):
         self.modality, self.image, self._pre, self.info = modality, image, preprocess, info
-        self.name, self.dim = image.name, image.dim
+        self.name, self.dim, self._before = image.name, image.dim, before  # before: a device step (rendering)
 
     def preprocessor(self):
         return self._pre
 
     def prepare(self, batch: Batch) -> Batch:
+        if self._before is not None:
+            batch = self._before(batch)
         rest = self.image.prepare({k: v for k, v in batch.items() if k != COUNTS})
         return {**rest, COUNTS: batch[COUNTS]}
 
@@ -133,8 +136,10 @@ def adapt(modality: str, config: Any, factory: Any) -> Encoder:
     if modality == "video":
         return PooledImageEncoder("video", image, FramesPreprocessor(image.preprocessor()),
                                   {"pooling": "mean of frame features", "frames": config.frames})
+    info = {"pooling": "mean of depth-view features", "views": config.views,
+            "render": f"orthographic z-buffer {RENDER_SIZE}px", "points": config.points}
+    if renders_on_device(image.preprocessor(), RENDER_SIZE):  # the views drawn batched on the device
+        return PooledImageEncoder("points", image, CloudCollate(config.views, COUNTS), {**info, "rendered": "device"},
+                                  before=DeviceRender(config.views, RENDER_SIZE))
     return PooledImageEncoder("points", image, DepthViewsPreprocessor(image.preprocessor(), config.views),
-                              {"pooling": "mean of depth-view features", "views": config.views,
-                               "render": f"orthographic z-buffer {RENDER_SIZE}px", "points": config.points})
-
-
+                              {**info, "rendered": "worker"})
