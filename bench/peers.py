@@ -38,9 +38,12 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.core.layout import OutputLayout
+
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = Path(os.environ.get("BINDERY_PEERS_DIR", ROOT / ".peers"))
 TUXPAINT = Path("/usr/share/tuxpaint")
+CLIP_RETRIEVAL_KEYS = "*/metadata_*.parquet"  # clip-retrieval's writer: <out>/<folder>/metadata_<n>.parquet
 REQUIREMENTS = (["torch==2.14.1", "torchvision==0.29.1"], ["setuptools<81", "clip-retrieval==2.45.0"])
 log = logging.getLogger("bench.peers")
 
@@ -179,8 +182,8 @@ def agreement(cr_out: Path, bindery_out: Path) -> dict[str, float]:
 
     from pipeline.core.store import read_store
 
-    theirs = np.concatenate([np.load(p) for p in sorted((cr_out / "img_emb").glob("*.npy"))]).astype(np.float32)
-    keys = [k for p in sorted((cr_out / "metadata").glob("*.parquet")) for k in pq.read_table(p)["image_path"].to_pylist()]
+    theirs = np.concatenate([np.load(p) for p in sorted(cr_out.glob("img_emb/*.npy"))]).astype(np.float32)
+    keys = [k for p in sorted(cr_out.glob(CLIP_RETRIEVAL_KEYS)) for k in pq.read_table(p)["image_path"].to_pylist()]
     ours = read_store(bindery_out, "image")
     index = {k: i for i, k in enumerate(ours.keys)}
     mine = np.asarray(ours.vectors, dtype=np.float32)[[index[k] for k in keys]]
@@ -208,7 +211,7 @@ def measure(runs: int = 3, images: int = 1024) -> dict[str, Any]:
                        else run_bindery(pattern, model, out))
                 times[tool].append(res)
                 log.info("%s run %d: %.1f s, peak RSS %.0f MB, load %.2f", tool, i + 1, res[0], res[1], loads[-1])
-        summary = json.loads((root / "bindery" / "precompute.json").read_text())
+        summary = json.loads(OutputLayout(root / "bindery").precompute_summary.read_text())
         result: dict[str, Any] = {"images": images, "runs": runs, "cores": os.cpu_count(),
                                   "load_avg_1min_at_starts": [round(x, 2) for x in loads]}
         for tool, rows in times.items():

@@ -75,8 +75,6 @@ def measure_costs(samples: Sequence[dict[str, Any]], plans: Mapping[str, Any], e
                   decode: Any) -> tuple[float, float]:
     """(decode + preprocess, prepare + encode) CPU seconds per sample, summed over the modalities.
     ``decode(sample, modality, plan)`` is the loader's decoder (None for a bad member)."""
-    from pipeline.precompute.loader import _tensors
-
     decode_s = encode_s = 0.0
     threads = torch.get_num_threads()
     try:
@@ -86,7 +84,7 @@ def measure_costs(samples: Sequence[dict[str, Any]], plans: Mapping[str, Any], e
             items = [x for x in (decode(s, m, plan) for s in samples) if x is not None]
             if not items:
                 continue
-            batch = _tensors(plan.preprocess(items))
+            batch = torch.utils.data.default_convert(plan.preprocess(items))  # as the loader hands it over
             decode_s += (time.process_time() - t0) / len(items)
             torch.set_num_threads(threads)
             encoders[m](batch)  # warm-up: first calls allocate and pick kernels
