@@ -110,3 +110,25 @@ def split_processor(proc: Any) -> tuple[CropPreprocessor, Normalize] | None:
         return None
     return (CropPreprocessor(int(shortest), (int(_size_of(crop, "height")), int(_size_of(crop, "width"))), resample),
             Normalize(float(proc.rescale_factor), tuple(map(float, mean)), tuple(map(float, std))))
+
+
+FRAMES = "frames_uint8"  # a worker batch of video frames at their own size: (B * T, 3, H, W) uint8
+TORCH_FILTERS = {2: "bilinear", 3: "bicubic"}  # Pillow's BILINEAR and BICUBIC, antialiased in torch as in Pillow
+
+
+def resize_crop_on_device(frames: torch.Tensor, crop: CropPreprocessor) -> torch.Tensor:
+    """(N, 3, H, W) uint8 -> (N, 3, crop_h, crop_w) uint8: the worker's resize and centre crop, on the
+    device (the same filter with antialiasing, torch's counterpart of Pillow's; within a few levels of it)."""
+    n, _, h, w = frames.shape
+    new_w, new_h = resize_size(w, h, crop.shortest)
+    x = frames.to(torch.float32)
+    if (new_w, new_h) != (w, h):
+        x = torch.nn.functional.interpolate(x, size=(new_h, new_w), mode=TORCH_FILTERS[crop.resample], antialias=True,
+                                            align_corners=False)
+    ch, cw = crop.crop
+    top, left = max((new_h - ch) // 2, 0), max((new_w - cw) // 2, 0)
+    x = x[:, :, top:top + ch, left:left + cw]
+    if x.shape[2:] != (ch, cw):  # smaller than the crop: centred zero padding
+        pad_h, pad_w = ch - x.shape[2], cw - x.shape[3]
+        x = torch.nn.functional.pad(x, ((pad_w + 1) // 2, pad_w // 2, (pad_h + 1) // 2, pad_h // 2))
+    return x.round().clamp(0, 255).to(torch.uint8)
