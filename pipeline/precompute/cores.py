@@ -43,7 +43,7 @@ class CoreSplit:
     workers: int  # DataLoader workers
     threads: int  # the encoder's torch intra-op threads
     cores: int  # CPU cores of this rank
-    rule: str  # "calibrated" | "gpu" | "num_workers" (set in the manifest) | "OMP_NUM_THREADS"
+    rule: str  # "calibrated" | "gpu" | "num_workers" (set in the manifest) | "OMP_NUM_THREADS" | "ray" (an actor's)
     decode_ms: float | None = None  # calibration: decode + preprocess CPU ms per sample
     encode_ms: float | None = None  # calibration: prepare + encode CPU ms per sample
     predicted_per_s: float | None = None  # calibration: samples/s the costs predict for this split

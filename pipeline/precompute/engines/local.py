@@ -10,10 +10,10 @@ import torch
 
 from pipeline.core.layout import OutputLayout
 from pipeline.core.manifest import PrecomputeConfig
+from pipeline.precompute.cores import CoreSplit, choose_split, first_samples, measure_costs
 from pipeline.precompute.encoding import Encoding
 from pipeline.precompute.engines.base import EngineResult, shard_dataset
 from pipeline.precompute.handlers import Handler
-from pipeline.precompute.cores import CoreSplit, choose_split, first_samples, measure_costs
 from pipeline.precompute.loader import ShardWork, decode_item, make_loader
 from pipeline.precompute.rank import RankLoop
 from pipeline.precompute.stats import RankStats

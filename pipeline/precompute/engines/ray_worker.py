@@ -24,10 +24,10 @@ import torch
 from pipeline.core.layout import OutputLayout
 from pipeline.core.manifest import ModalityConfig, PrecomputeConfig
 from pipeline.ingest.shards import Shard
+from pipeline.precompute.cores import CoreSplit, cores_per_rank
 from pipeline.precompute.encoding import Encoding
 from pipeline.precompute.engines.base import StoppingHandler, load_encoding, shard_dataset
 from pipeline.precompute.handlers import HANDLERS
-from pipeline.precompute.cores import choose_split
 from pipeline.precompute.loader import ShardWork, make_loader
 from pipeline.precompute.plan import part_done
 from pipeline.precompute.rank import RankLoop
@@ -132,7 +132,8 @@ class PartWorker:
         dataset = shard_dataset([task.work()], encoders, self.handler, self.job.pc)
         messages: Any = dataset
         if self.job.pc.num_workers > 0:
-            split = choose_split(self.job.pc.num_workers, 1, self.device, 1)  # the actor's own CPUs, as given
+            # the actor's CPUs are Ray's to give: its threads stay as they are
+            split = CoreSplit(self.job.pc.num_workers, torch.get_num_threads(), cores_per_rank(1), "ray")
             messages = make_loader(dataset, self.job.pc, split, self.device)
         RankLoop(self.layout, encoders, self.handler, stats).run(messages, _Progress(self.hook, task))
         stats.wall_s = time.perf_counter() - t0
