@@ -23,15 +23,9 @@ import numpy as np
 import torch
 
 from pipeline.encoders.base import Batch
+from pipeline.encoders.image_transform import shortest_side_size as resize_size
 
 PIXELS = "pixels_uint8"  # the worker's batch entry: (B, 3, H, W) uint8
-
-
-def resize_size(width: int, height: int, shortest: int) -> tuple[int, int]:
-    """(width, height) with the short side at ``shortest`` (transformers' get_resize_output_image_size)."""
-    short, long = (width, height) if width <= height else (height, width)
-    new_long = int(shortest * long / short)
-    return (shortest, new_long) if width <= height else (new_long, shortest)
 
 
 @dataclass(frozen=True)
