@@ -96,8 +96,11 @@ def write_shards(folder: Path, images: list[bytes], shards: int = 4) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     per = -(-len(images) // shards)
     for s in range(shards):
+        # a json member per sample, as img2dataset writes: clip-retrieval drops samples without one
+        # when it writes metadata (which carries the keys the agreement is joined on)
         write_tar(folder / f"peers-{s:04d}.tar",
-                  [(f"{i:06d}", {"jpg": images[i]}) for i in range(s * per, min(len(images), (s + 1) * per))])
+                  [(f"{i:06d}", {"jpg": images[i], "json": json.dumps({"key": f"{i:06d}"}).encode()})
+                   for i in range(s * per, min(len(images), (s + 1) * per))])
     return str(folder / f"peers-{{0000..{shards - 1:04d}}}.tar")
 
 
