@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import logging
 import os
@@ -21,8 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ("precompute", "knn", "train", "publish", "quality")
-DEFAULT_SECTIONS = ("precompute", "knn", "train", "publish")  # quality needs bench-data/ (just bench-data)
+SECTIONS = ("feed", "precompute", "knn", "train", "publish", "quality")
+DEFAULT_SECTIONS = ("feed", "precompute", "knn", "train", "publish")  # quality needs bench-data/ (just bench-data)
 log = logging.getLogger("bench")
 
 
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--only", default=",".join(DEFAULT_SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--cores", type=int, default=16, help="feed: cores of the GPU host the projection is for")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
@@ -72,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     for section in sections:
         log.info("running bench.%s (small=%s, device=%s)", section, args.small, device)
         start = time.perf_counter()
-        results[section] = importlib.import_module(f"bench.{section}").measure(small=args.small, device=device)
+        fn = importlib.import_module(f"bench.{section}").measure
+        extra = {"cores": args.cores} if "cores" in inspect.signature(fn).parameters else {}
+        results[section] = fn(small=args.small, device=device, **extra)
         results[section]["wall_s"] = round(time.perf_counter() - start, 1)
 
     name = device_name(device)

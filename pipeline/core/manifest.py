@@ -100,7 +100,7 @@ MODALITY_SECTIONS: dict[str, type[ModalityConfig]] = {
 class PrecomputeConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "bf16"  # autocast dtype on CUDA (CPU runs in fp32)
-    num_workers: int = -1  # DataLoader workers per rank (per actor under ray); -1 = sized from the CPU count (ray: 0)
+    num_workers: int = -1  # DataLoader workers per rank (per actor under ray); -1 = by a calibration on the CPU, min(8, CPUs - 1) on a GPU, 0 under ray
     prefetch_factor: int = 4  # batches prefetched per worker
     compile: bool = False  # torch.compile the encoder
     handler: str = "record"  # bad sample policy: record (status row, go on) | raise

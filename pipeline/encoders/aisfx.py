@@ -8,8 +8,8 @@ absent; the spectrogram is recomputed here with ``torch.stft`` and a mel filterb
 numpy. How it matches ``aisfx.inference`` + ``spectrogram_librosa.compute_spectrogram``
 (librosa 0.9):
 
-* audio resampled to 44,100 Hz (``SAMPLE_RATE``; the decoder resamples to ``sample_rate``),
-  then peak-normalised (``y / max|y|``);
+* audio resampled to 44,100 Hz (``SAMPLE_RATE``) on the encoder's device
+  (:mod:`pipeline.encoders.audio_features`), then peak-normalised (``y / max|y|``);
 * STFT: n_fft = win_length = 2048, hop 1024, periodic Hann window, centred with zero padding
   (librosa 0.9's ``pad_mode="constant"``), power 2;
 * mel: 96 bands, 0-22,050 Hz, HTK mel scale, triangles normalised to unit sum (librosa
@@ -22,7 +22,8 @@ numpy. How it matches ``aisfx.inference`` + ``spectrogram_librosa.compute_spectr
 
 bindery pools a clip to one vector: the mean of its blocks' embeddings. Audio longer than
 ``[modalities.audio] seconds`` is centre-cropped to it first, and leading/trailing exact zeros (the
-decoder's centred padding of short clips to ``seconds``) are trimmed so padding does not dilute the mean.
+centred padding of short clips to ``seconds``) are trimmed so padding does not dilute the mean.
+Everything after the decode runs batched in :meth:`AisfxEncoder.prepare` on the encoder's device.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from pipeline.encoders.audio_features import PcmCollate, clip_waves, left_align, trimmed_lengths
 from pipeline.encoders.base import Batch, Encoder, EncoderError, package_folder
 
 log = logging.getLogger(__name__)
@@ -89,57 +92,56 @@ def mel_filterbank(sr: int = SAMPLE_RATE, n_fft: int = N_FFT, n_mels: int = N_ME
     return torch.from_numpy(weights.astype(np.float32))
 
 
-def spectrogram(audio: np.ndarray) -> torch.Tensor:
-    """Mono float audio at 44.1 kHz -> (frames, 96) normalised log-mel spectrogram."""
-    y = torch.as_tensor(np.asarray(audio, dtype=np.float32))
-    peak = float(y.abs().max()) if y.numel() else 0.0
-    y = y / (peak if peak > 0 else 1.0)
-    if y.numel() < N_FFT // 2 + 1:  # centred STFT needs pad < length
-        y = torch.nn.functional.pad(y, (0, N_FFT // 2 + 1 - y.numel()))
-    stft = torch.stft(y, N_FFT, hop_length=HOP, win_length=N_FFT, window=torch.hann_window(N_FFT),
+def spectrograms(y: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of mono 44.1 kHz audio (B, L), row i holding ``lengths[i]`` samples from its start ->
+    (B, frames, 96) normalised log-mel spectrograms (frames past a row's own are zero) and each
+    row's frame count. Batched on ``y``'s device; each row as a clip of its own would give."""
+    peak = y.abs().amax(dim=1, keepdim=True)
+    y = y / torch.where(peak > 0, peak, torch.ones_like(peak))
+    lengths = lengths.clamp(min=N_FFT // 2 + 1)  # centred STFT needs pad < length
+    if y.shape[1] < int(lengths.max()):
+        y = F.pad(y, (0, int(lengths.max()) - y.shape[1]))
+    stft = torch.stft(y, N_FFT, hop_length=HOP, win_length=N_FFT, window=torch.hann_window(N_FFT, device=y.device),
                       center=True, pad_mode="constant", return_complex=True)
-    power = stft.abs() ** 2  # (1 + n_fft // 2, frames)
-    mel = mel_filterbank() @ power
-    return (torch.log10(mel * 10000.0 + 1.0) / SPEC_MAX).T.contiguous()
+    power = stft.abs() ** 2  # (B, 1 + n_fft // 2, frames)
+    mel = mel_filterbank().to(y.device) @ power
+    spec = (torch.log10(mel * 10000.0 + 1.0) / SPEC_MAX).transpose(1, 2)
+    frames = 1 + lengths // HOP
+    keep = torch.arange(spec.shape[1], device=y.device)[None] < frames[:, None]
+    return spec * keep[..., None], frames
+
+
+def spectrogram(audio: np.ndarray) -> torch.Tensor:
+    """One clip of mono float audio at 44.1 kHz -> (frames, 96) normalised log-mel spectrogram."""
+    y = torch.as_tensor(np.asarray(audio, dtype=np.float32)).reshape(1, -1)
+    spec, frames = spectrograms(y, torch.tensor([y.shape[1]]))
+    return spec[0, :int(frames[0])].contiguous()
+
+
+def block_count(frames: int) -> int:
+    """Blocks of a spectrogram of ``frames`` frames, as aisfx.preprocessing.blocking(drop_partial_block=True)."""
+    n = math.ceil((frames - BLOCK) / BLOCK_HOP + 1)
+    if (frames - BLOCK) % BLOCK_HOP != 0:
+        n -= 1
+    return max(n, 1)
+
+
+def block_batch(spec: torch.Tensor, frames: torch.Tensor) -> Batch:
+    """(B, T, 96) spectrograms with each row's frame count -> {"blocks": (B, most, 100, 96), "mask": (B, most)}."""
+    counts = torch.tensor([block_count(int(f)) for f in frames.tolist()], device=spec.device)
+    most = int(counts.max())
+    need = (most - 1) * BLOCK_HOP + BLOCK
+    if spec.shape[1] < need:  # blocks past a short spectrogram's end read zeros, as aisfx's padding does
+        spec = F.pad(spec, (0, 0, 0, need - spec.shape[1]))
+    blocks = spec[:, :need].unfold(1, BLOCK, BLOCK_HOP).transpose(2, 3)  # (B, most, 100, 96)
+    mask = torch.arange(most, device=spec.device)[None] < counts[:, None]
+    return {"blocks": blocks * mask[:, :, None, None], "mask": mask}
 
 
 def blocks(spec: torch.Tensor) -> torch.Tensor:
     """(frames, 96) -> (n_blocks, 100, 96), as aisfx.preprocessing.blocking(drop_partial_block=True)."""
-    frames = spec.shape[0]
-    n = math.ceil((frames - BLOCK) / BLOCK_HOP + 1)
-    if (frames - BLOCK) % BLOCK_HOP != 0:
-        n -= 1
-    n = max(n, 1)
-    padded = torch.cat([spec, spec.new_zeros(BLOCK, spec.shape[1])])
-    return torch.stack([padded[i * BLOCK_HOP:i * BLOCK_HOP + BLOCK] for i in range(n)])
-
-
-def centre_crop(audio: np.ndarray, samples: int) -> np.ndarray:
-    """At most ``samples`` from the middle, without leading/trailing exact-zero padding."""
-    if audio.shape[0] > samples:
-        start = (audio.shape[0] - samples) // 2
-        audio = audio[start:start + samples]
-    nonzero = np.flatnonzero(audio)
-    return audio[nonzero[0]:nonzero[-1] + 1] if nonzero.size else audio
-
-
-class AisfxPreprocessor:
-    """Picklable: list of mono float32 arrays (44.1 kHz) ->
-    {"blocks": (B, max_blocks, 100, 96), "mask": (B, max_blocks) bool}."""
-
-    def __init__(self, seconds: float) -> None:
-        self.samples = int(round(seconds * SAMPLE_RATE))
-
-    def __call__(self, items: list[np.ndarray]) -> Batch:
-        per_item = [blocks(spectrogram(centre_crop(np.asarray(a, dtype=np.float32).reshape(-1), self.samples)))
-                    for a in items]
-        most = max(b.shape[0] for b in per_item)
-        out = torch.zeros(len(items), most, BLOCK, N_MELS)
-        mask = torch.zeros(len(items), most, dtype=torch.bool)
-        for i, b in enumerate(per_item):
-            out[i, :b.shape[0]] = b
-            mask[i, :b.shape[0]] = True
-        return {"blocks": out, "mask": mask}
+    out = block_batch(spec[None], torch.tensor([spec.shape[0]]))
+    return out["blocks"][0, out["mask"][0]]
 
 
 def checkpoint_path() -> Path:
@@ -158,6 +160,7 @@ def load_embedding_net() -> torch.nn.Module:
 
 class AisfxEncoder(Encoder):
     dim = DIM
+    takes_pcm = True
     sample_rate = SAMPLE_RATE
 
     def __init__(self, modality: str = "audio", name: str = "aisfx", seconds: float = 10.0) -> None:
@@ -165,7 +168,13 @@ class AisfxEncoder(Encoder):
         self.net = load_embedding_net()
 
     def preprocessor(self) -> Callable[[list[Any]], Batch]:
-        return AisfxPreprocessor(self.seconds)
+        return PcmCollate(SAMPLE_RATE)
+
+    def prepare(self, batch: Batch) -> Batch:
+        """PCM -> 44.1 kHz clips of ``seconds``, their zero padding trimmed -> spectrogram blocks, batched."""
+        waves = clip_waves(batch, SAMPLE_RATE, self.seconds)
+        y, lengths = left_align(waves, *trimmed_lengths(waves))
+        return block_batch(*spectrograms(y, lengths))
 
     @torch.no_grad()
     def encode(self, batch: Batch) -> torch.Tensor:

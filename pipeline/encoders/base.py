@@ -4,7 +4,10 @@ An encoder is split in two so DataLoader workers never hold the model:
 
 * :meth:`Encoder.preprocessor` returns a small picklable callable that turns a list of
   decoded items into a batch (a dict of CPU tensors). It runs in the DataLoader workers.
-* :meth:`Encoder.encode` runs the frozen model on a batch already on the device and returns
+* :meth:`Encoder.prepare` runs on the encoder's device, on the batch just copied there: the
+  batched part of preprocessing that is cheaper there than in a worker (resampling and audio
+  features, image normalisation). The default hands the batch on as it is.
+* :meth:`Encoder.encode` runs the frozen model on a prepared batch on the device and returns
   unnormalised ``(B, dim)`` features. The runner applies the modality's output convention
   (:mod:`pipeline.encoders.conventions`: L2-normalised by default) and stores them.
 
@@ -13,7 +16,8 @@ Decoded items, per modality (what :mod:`pipeline.ingest.decode` yields and prepr
 * image  -- ``PIL.Image.Image`` in RGB
 * text   -- ``str``
 * video  -- ``np.ndarray`` uint8 ``(T, H, W, 3)``, T frames sampled uniformly
-* audio  -- ``np.ndarray`` float32 ``(samples,)`` mono, at :attr:`Encoder.sample_rate`
+* audio  -- :class:`Pcm`: mono float32 at the source's own rate, only the window the encoder keeps
+  (audio preprocessors also take a plain float32 array, as PCM at :attr:`Encoder.sample_rate`)
 * points -- ``np.ndarray`` float32 ``(N, 3)`` or ``(N, 6)`` (xyz, rgb), centred, in the unit sphere
 """
 
@@ -23,12 +27,26 @@ import abc
 import hashlib
 import importlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 Batch = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Pcm:
+    """Decoded audio as the worker leaves it: not resampled, not padded (the device does both).
+
+    ``samples[keep:keep + frames]`` is the clip's centre ``seconds`` when the recording was longer
+    (``cropped``); the samples around it are the resampling filter's margin."""
+
+    samples: Any  # np.ndarray float32 (n,), mono
+    rate: int  # the source's sample rate
+    keep: int = 0  # where the clip starts in ``samples``
+    cropped: bool = False  # the recording was longer than ``seconds`` and was centre-cropped
 
 
 class EncoderError(ValueError):
@@ -51,14 +69,24 @@ class Encoder(abc.ABC):
     name: str  # the spec it was built from, as written in the manifest
     dim: int  # output dimension
     sample_rate: int | None = None  # audio encoders: the rate decoded audio is resampled to
+    takes_pcm: bool = False  # audio encoders: the preprocessor takes Pcm (else arrays at sample_rate, resampled in the worker)
+    input_size: int = 0  # image encoders: the short side their preprocessing resizes to (0 = unknown)
 
     @abc.abstractmethod
     def preprocessor(self) -> Callable[[list[Any]], Batch]:
         """A picklable callable: decoded items -> batch of CPU tensors."""
 
+    def prepare(self, batch: Batch) -> Batch:
+        """On the device, before :meth:`encode`: the batched rest of preprocessing (default: none)."""
+        return batch
+
+    def features(self, items: list[Any]) -> torch.Tensor:
+        """Unnormalised features of decoded items, every step in this process (tests, class names)."""
+        return self.encode(self.prepare(self.preprocessor()(items)))
+
     @abc.abstractmethod
     def encode(self, batch: Batch) -> torch.Tensor:
-        """Frozen forward pass on a device batch -> unnormalised (B, dim) features."""
+        """Frozen forward pass on a prepared device batch -> unnormalised (B, dim) features."""
 
     @abc.abstractmethod
     def modules(self) -> list[torch.nn.Module]:

@@ -7,7 +7,9 @@ Dispatch is on what the loaded model can do, never on its name:
 * text  -- a model with ``get_text_features``; else a plain text model mean-pooled over the
   attention mask (sentence-transformers style).
 * audio -- a model with ``get_audio_features`` (CLAP) fed by its feature extractor; else an
-  audio model (Wav2Vec2, AST, ...) mean-pooled over time.
+  audio model (Wav2Vec2, AST, ...) mean-pooled over time. The workers hand over PCM at the
+  source rate; resampling and, for the extractors :mod:`pipeline.encoders.hf_audio` re-expresses
+  in torch, the features run batched on the encoder's device (others in the workers).
 
 Video and points are not served here: :mod:`pipeline.encoders.wrappers` runs them through the
 image tower.
@@ -20,7 +22,10 @@ from typing import Any
 
 import torch
 
+from pipeline.encoders.audio_features import PcmCollate, clip_waves
 from pipeline.encoders.base import Batch, Encoder, EncoderError
+from pipeline.encoders.hf_audio import device_extractor
+from pipeline.encoders.image_prep import split_processor
 
 log = logging.getLogger(__name__)
 
@@ -70,23 +75,39 @@ class TextPreprocessor:
 
 
 class AudioPreprocessor:
-    def __init__(self, extractor: Any, rate: int):
-        self.extractor = extractor
-        self.rate = rate
+    """Worker side, for an extractor with no torch version: PCM -> clips at the extractor's rate
+    (the same resampler as on the device, here on the CPU) -> the extractor's own NumPy code."""
 
-    def __call__(self, waves: list[Any]) -> Batch:
+    def __init__(self, extractor: Any, rate: int, seconds: float):
+        self.extractor, self.rate, self.seconds = extractor, rate, seconds
+
+    def __call__(self, items: list[Any]) -> Batch:
+        waves = clip_waves(PcmCollate(self.rate)(items), self.rate, self.seconds).numpy()
         enc = self.extractor(list(waves), sampling_rate=self.rate, return_tensors="pt", padding=True)
         return {k: v for k, v in enc.items() if isinstance(v, torch.Tensor)}
 
 
+class DeviceAudio:
+    """Device side: PCM batches -> clips at the extractor's rate -> its torch re-expression (hf_audio)."""
+
+    def __init__(self, extract: Any, rate: int, seconds: float):
+        self.extract, self.rate, self.seconds = extract, rate, seconds
+
+    def __call__(self, batch: Batch) -> Batch:
+        return self.extract(clip_waves(batch, self.rate, self.seconds))
+
+
 class HFEncoder(Encoder):
     def __init__(self, modality: str, name: str, model: torch.nn.Module, preprocess: Any, dim: int,
-                 method: str | None, info: dict[str, Any], sample_rate: int | None = None):
+                 method: str | None, info: dict[str, Any], sample_rate: int | None = None, on_device: Any = None):
         self.modality, self.name, self.model, self._pre, self.dim = modality, name, model, preprocess, dim
-        self.method, self.info, self.sample_rate = method, info, sample_rate
+        self.method, self.info, self.sample_rate, self._on_device = method, info, sample_rate, on_device
 
     def preprocessor(self):
         return self._pre
+
+    def prepare(self, batch: Batch) -> Batch:
+        return self._on_device(batch) if self._on_device is not None else batch
 
     def encode(self, batch: Batch) -> torch.Tensor:
         if self.method:
@@ -103,7 +124,27 @@ class HFEncoder(Encoder):
 
 def _probe_dim(encoder: HFEncoder, example: Any) -> int:
     with torch.no_grad():
-        return int(encoder.encode(encoder.preprocessor()([example, example])).shape[-1])
+        return int(encoder.features([example, example]).shape[-1])
+
+
+def _image_steps(proc: Any) -> tuple[Any, Any, int]:
+    """(worker preprocessor, device step, short side for draft decoding) of an image processor."""
+    split = split_processor(proc)
+    if split is None:
+        size = getattr(proc, "size", None)
+        shortest = (size.get("shortest_edge") if isinstance(size, dict) else getattr(size, "shortest_edge", 0)) or 0
+        return ImagePreprocessor(proc), None, int(shortest)
+    crop, normalize = split
+    return crop, normalize, crop.shortest
+
+
+def _audio_steps(ext: Any, rate: int, seconds: float) -> tuple[Any, DeviceAudio | None]:
+    """(worker preprocessor, device step): features on the device when the extractor has a torch version."""
+    extract = device_extractor(ext)
+    if extract is None:
+        log.info("%s has no torch version here: its features run in the DataLoader workers", type(ext).__name__)
+        return AudioPreprocessor(ext, rate, seconds), None
+    return PcmCollate(rate), DeviceAudio(extract, rate, seconds)
 
 
 def build(modality: str, config: Any) -> Encoder:
@@ -125,13 +166,15 @@ def build(modality: str, config: Any) -> Encoder:
     method = FEATURE_METHODS[modality] if hasattr(model, FEATURE_METHODS[modality]) else None
     fallback = "mean over the attention mask" if modality == "text" else "pooler_output, else mean over tokens"
     info: dict[str, Any] = {"model_class": type(model).__name__, "pooling": method or fallback}
-    rate = None
+    rate, on_device, input_size = None, None, 0
     try:
         if modality == "image":
             proc = tf.AutoImageProcessor.from_pretrained(path)
-            pre, example = ImagePreprocessor(proc), _blank_image()
+            pre, on_device, input_size = _image_steps(proc)
+            example = _blank_image()
             size = getattr(proc, "size", None)
             info["image_size"] = {k: v for k, v in dict(size).items() if v is not None} if size else None
+            info["resize"] = f"Pillow, once, in the worker; {'normalised on the device' if on_device else type(proc).__name__}"
         elif modality == "text":
             tok = tf.AutoTokenizer.from_pretrained(path)
             max_len = _max_length(model, tok)
@@ -140,8 +183,10 @@ def build(modality: str, config: Any) -> Encoder:
         else:
             ext = tf.AutoFeatureExtractor.from_pretrained(path)
             rate = int(ext.sampling_rate)  # a different configured rate is refused by build_encoder
-            pre, example = AudioPreprocessor(ext, rate), np.zeros(rate, dtype=np.float32)
+            pre, on_device = _audio_steps(ext, rate, float(getattr(config, "seconds", 10.0)))
+            example = np.zeros(rate, dtype=np.float32)
             info["sample_rate"] = rate
+            info["features"] = f"{type(ext).__name__} on the {'device (torch)' if on_device else 'worker (NumPy)'}"
     except EncoderError:
         raise
     except Exception as exc:
@@ -150,7 +195,8 @@ def build(modality: str, config: Any) -> Encoder:
     if method is None and modality != "text" and not _is_modality_model(model, modality):
         raise EncoderError(f"modalities.{modality}.encoder: {name!r} ({type(model).__name__}) has no "
                            f"{FEATURE_METHODS[modality]} and does not take {modality} input")
-    enc = HFEncoder(modality, name, model, pre, 0, method, info, rate)
+    enc = HFEncoder(modality, name, model, pre, 0, method, info, rate, on_device)
+    enc.input_size, enc.takes_pcm = input_size, modality == "audio"
     enc.dim = _probe_dim(enc, example)
     log.info("hf encoder %s for %s: %s, dim %d, pooling %s", name, modality, info["model_class"], enc.dim,
              info["pooling"])

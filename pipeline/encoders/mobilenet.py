@@ -121,6 +121,7 @@ class ImagenetPreprocessor:
 
 class MobileNetV2Encoder(Encoder):
     dim = FEATURE_DIM
+    input_size = RESIZE  # JPEGs are draft-decoded to a short side >= 256
 
     def __init__(self, modality: str = "image", name: str = "mobilenet-v2") -> None:
         self.modality, self.name = modality, name

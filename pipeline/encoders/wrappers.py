@@ -19,6 +19,14 @@ import numpy as np
 import torch
 
 from pipeline.encoders.base import Batch, Encoder, EncoderError
+from pipeline.encoders.depth_render import CloudCollate, DeviceRender, renders_on_device
+from pipeline.encoders.image_prep import (
+    FRAMES,
+    PIXELS,
+    TORCH_FILTERS,
+    CropPreprocessor,
+    resize_crop_on_device,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +63,37 @@ def render_depth(points: np.ndarray, views: int, size: int = RENDER_SIZE) -> lis
 
 
 class FramesPreprocessor:
+    """Worker side of video: the frames through the image preprocessor; or, when that is a
+    :class:`CropPreprocessor` and the batch's frames share one size, the raw uint8 frames, to be
+    resized and cropped on the device (:class:`DeviceFrames`)."""
+
     def __init__(self, image_pre: Any):
         self.image_pre = image_pre
 
     def __call__(self, clips: list[np.ndarray]) -> Batch:
         from PIL import Image
 
-        frames = [Image.fromarray(f) for clip in clips for f in clip]
-        batch = dict(self.image_pre(frames))
-        batch[COUNTS] = torch.tensor([len(c) for c in clips], dtype=torch.long)
+        counts = torch.tensor([len(c) for c in clips], dtype=torch.long)
+        if (isinstance(self.image_pre, CropPreprocessor) and self.image_pre.resample in TORCH_FILTERS
+                and len({c.shape[1:] for c in clips}) == 1):
+            frames = torch.from_numpy(np.concatenate(clips)).permute(0, 3, 1, 2).contiguous()
+            return {FRAMES: frames, COUNTS: counts}
+        batch = dict(self.image_pre([Image.fromarray(f) for clip in clips for f in clip]))
+        batch[COUNTS] = counts
         return batch
+
+
+class DeviceFrames:
+    """Device side of video: raw frames -> the image preprocessor's resize and crop, as uint8 pixels."""
+
+    def __init__(self, crop: CropPreprocessor):
+        self.crop = crop
+
+    def __call__(self, batch: Batch) -> Batch:
+        if FRAMES not in batch:
+            return batch
+        rest = {k: v for k, v in batch.items() if k != FRAMES}
+        return {**rest, PIXELS: resize_crop_on_device(batch[FRAMES], self.crop)}
 
 
 class DepthViewsPreprocessor:
@@ -81,12 +110,18 @@ class DepthViewsPreprocessor:
 class PooledImageEncoder(Encoder):
     """An image encoder over several images per sample (frames or views), mean-pooled."""
 
-    def __init__(self, modality: str, image: Encoder, preprocess: Any, info: dict[str, Any]):
+    def __init__(self, modality: str, image: Encoder, preprocess: Any, info: dict[str, Any], before: Any = None):
         self.modality, self.image, self._pre, self.info = modality, image, preprocess, info
-        self.name, self.dim = image.name, image.dim
+        self.name, self.dim, self._before = image.name, image.dim, before  # before: a device step (rendering)
 
     def preprocessor(self):
         return self._pre
+
+    def prepare(self, batch: Batch) -> Batch:
+        if self._before is not None:
+            batch = self._before(batch)
+        rest = self.image.prepare({k: v for k, v in batch.items() if k != COUNTS})
+        return {**rest, COUNTS: batch[COUNTS]}
 
     def encode(self, batch: Batch) -> torch.Tensor:
         counts = batch[COUNTS]
@@ -127,10 +162,16 @@ def adapt(modality: str, config: Any, factory: Any) -> Encoder:
     if image.modality != "image":
         raise EncoderError(f"modalities.{modality}.encoder: {config.encoder!r} serves neither {modality} nor image")
     if modality == "video":
-        return PooledImageEncoder("video", image, FramesPreprocessor(image.preprocessor()),
-                                  {"pooling": "mean of frame features", "frames": config.frames})
+        pre = image.preprocessor()
+        on_device = isinstance(pre, CropPreprocessor) and pre.resample in TORCH_FILTERS
+        return PooledImageEncoder("video", image, FramesPreprocessor(pre),
+                                  {"pooling": "mean of frame features", "frames": config.frames,
+                                   "frame_resize": "device (antialiased)" if on_device else "worker"},
+                                  before=DeviceFrames(pre) if on_device else None)
+    info = {"pooling": "mean of depth-view features", "views": config.views,
+            "render": f"orthographic z-buffer {RENDER_SIZE}px", "points": config.points}
+    if renders_on_device(image.preprocessor(), RENDER_SIZE):  # the views drawn batched on the device
+        return PooledImageEncoder("points", image, CloudCollate(config.views, COUNTS), {**info, "rendered": "device"},
+                                  before=DeviceRender(config.views, RENDER_SIZE))
     return PooledImageEncoder("points", image, DepthViewsPreprocessor(image.preprocessor(), config.views),
-                              {"pooling": "mean of depth-view features", "views": config.views,
-                               "render": f"orthographic z-buffer {RENDER_SIZE}px", "points": config.points})
-
-
+                              {**info, "rendered": "worker"})

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from pipeline.core.manifest import ModalityConfig, PrecomputeConfig
+from pipeline.encoders.audio_features import WaveAdapter
 from pipeline.encoders.base import Batch, Encoder
 from pipeline.encoders.conventions import OutputConvention
 from pipeline.encoders.weights import weights_used
@@ -36,6 +37,8 @@ class Encoding:
         self.dtype, self.convention = config.dtype, OutputConvention.of(config)
         self.autocast = AUTOCAST.get(pc.precision) if device.type == "cuda" else None
         self.forward = torch.compile(encoder.encode, dynamic=True) if pc.compile else encoder.encode
+        # the device-side preparation (a plugin written before Encoder.prepare has none)
+        self.prepare = getattr(encoder, "prepare", None) or (lambda batch: batch)
         self.metadata = _json_safe({
             "encoder": encoder.name, "digest": encoder.digest(), "dim": encoder.dim, "dtype": config.dtype,
             **self.convention.metadata(), "weights": weights_used(modality, config, encoder), "modality": modality,
@@ -48,14 +51,21 @@ class Encoding:
     def plan(self) -> ModalityPlan:
         """What a DataLoader worker needs to decode and preprocess this modality."""
         rate = getattr(self.config, "sample_rate", 0) or self.encoder.sample_rate
-        return ModalityPlan(self.config, self.encoder.preprocessor(), rate)
+        pre = self.encoder.preprocessor()
+        if self.modality == "audio" and not getattr(self.encoder, "takes_pcm", False):
+            # an encoder whose preprocessor takes arrays at its rate: resample for it in the worker
+            pre = WaveAdapter(pre, int(rate or 16_000), float(self.config.seconds), bool(getattr(self.config, "pad", True)))
+        side = getattr(self.encoder, "input_size", 0) if self.modality == "image" else 0
+        return ModalityPlan(self.config, pre, rate, side)
 
     def __call__(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         """(stored vectors (B, dim) float32, finite mask (B,))."""
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.autocast or torch.bfloat16,
-                                                    enabled=self.autocast is not None):
-            feats = self.forward(batch)
+        with torch.inference_mode():
+            batch = self.prepare(batch)  # fp32: resampling, features, normalisation on the device
+            with torch.autocast(self.device.type, dtype=self.autocast or torch.bfloat16,
+                                enabled=self.autocast is not None):
+                feats = self.forward(batch)
         vectors, ok = self.convention.apply(feats)  # the modality's normalize / scale keys
         return vectors.cpu().numpy(), ok.cpu().numpy()
 

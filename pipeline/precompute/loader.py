@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from pipeline.ingest.shards import (
     iter_samples,
     split_by,
 )
+from pipeline.precompute.cores import CoreSplit
 from pipeline.precompute.handlers import Handler, keep_going, record_and_continue
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,7 @@ class ModalityPlan:
     config: ModalityConfig
     preprocess: Any  # the encoder's preprocessor: decoded items -> Batch
     sample_rate: int | None = None
+    image_side: int = 0  # image encoders: the short side they resize to (JPEG draft decoding)
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,7 @@ class _ShardReader:
         """Decode one member into the pending batch; False (and a status row) when it is bad."""
         plan = self.plans[modality]
         try:
-            item = decode_member(sample, modality, plan.config, plan.sample_rate)
+            item = decode_member(sample, modality, plan.config, plan.sample_rate, plan.image_side)
         except DecodeError as exc:
             if exc.status != "missing":  # an absent member is never a fault of the input
                 keep_going(self.handler, exc)
@@ -238,28 +239,26 @@ def _json_text(data: Any) -> str:
 # ----------------------------------------------------------------------------- the DataLoader
 
 
-def _num_workers(setting: int, world: int) -> int:
-    if setting >= 0:
-        return setting
-    return max(1, min(8, (os.cpu_count() or 2) // max(world, 1) - 1))
-
-
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def _share_cpu(workers: int, world: int, device: torch.device) -> None:
-    """On the CPU, leave the DataLoader workers their cores: oversubscribed intra-op threads
-    spin against the decoders and the encoder slows down many-fold. OMP_NUM_THREADS wins."""
-    if device.type == "cpu" and workers and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, (os.cpu_count() or 2) // max(world, 1) - workers))
+def decode_item(sample: dict[str, Any], modality: str, plan: ModalityPlan) -> Any:
+    """The decoded member, or None when it is bad or absent (the calibration's decoder)."""
+    try:
+        return decode_member(sample, modality, plan.config, plan.sample_rate, plan.image_side)
+    except Exception:
+        return None
 
 
-def make_loader(dataset: ShardDataset, pc: PrecomputeConfig, world: int,
+def make_loader(dataset: ShardDataset, pc: PrecomputeConfig, split: CoreSplit,
                 device: torch.device) -> torch.utils.data.DataLoader:
-    """The rank's DataLoader over ``dataset``: one message at a time, workers sized from the CPUs."""
-    workers = _num_workers(pc.num_workers, world)
-    _share_cpu(workers, world, device)
+    """The rank's DataLoader over ``dataset``: one message at a time, ``split.workers`` workers of one
+    thread each; on the CPU the encoder gets ``split.threads`` (oversubscribed intra-op threads spin
+    against the decoders and slow the encoder many-fold)."""
+    workers = split.workers
+    if device.type == "cpu" and split.rule in ("calibrated", "num_workers"):
+        torch.set_num_threads(split.threads)
     extra = {"prefetch_factor": pc.prefetch_factor, "worker_init_fn": _worker_init} if workers else {}
     return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers,
                                        pin_memory=device.type == "cuda", **extra)

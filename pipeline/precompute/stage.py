@@ -13,8 +13,8 @@ running them here (:mod:`.engines`). See docs/precompute.md.
 
 This is the stage's entry: it checks what the manifest asks for (raising the
 :class:`ManifestError` that names the key), picks the bad-sample handler once, and hands each
-module below only its own section: :mod:`.plan` (what is missing), :mod:`.loader` (worker
-side), :mod:`.encoding` (device side), :mod:`.rank` (one rank's loop), :mod:`.stats`,
+module below only its own section: :mod:`.plan` (what is missing), :mod:`.cores` (workers
+against encoder threads), :mod:`.loader` (worker side), :mod:`.encoding` (device side), :mod:`.rank` (one rank's loop), :mod:`.stats`,
 :mod:`.outputs`, :mod:`.dedupe`, :mod:`.lock`, :mod:`.slurm`, :mod:`.engines`.
 """
 

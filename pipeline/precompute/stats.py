@@ -37,6 +37,7 @@ class RankStats:
     loop_s: float = 0.0
     encode_s_by_modality: dict[str, float] = field(default_factory=dict)
     wall_s: float = 0.0
+    cores: dict[str, Any] = field(default_factory=dict)  # the split of CPU cores (precompute.cores.CoreSplit)
 
     @classmethod
     def start(cls, rank: int, device: str, modalities: Iterable[str]) -> RankStats:
@@ -69,7 +70,8 @@ class RankStats:
     def to_json(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         return {**out, "shards": list(self.shards), "counts": {m: dict(c) for m, c in self.counts.items()},
-                "faults": dict(self.faults), "encode_s_by_modality": dict(self.encode_s_by_modality)}
+                "faults": dict(self.faults), "encode_s_by_modality": dict(self.encode_s_by_modality),
+                "cores": dict(self.cores)}
 
     @staticmethod
     def merge(ranks: Sequence[RankStats]) -> RunStats:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.ingest.decode.audio import decode_audio, resample
+from pipeline.ingest.decode.audio import decode_audio
 from pipeline.ingest.decode.base import EXTENSIONS, DecodeError
 from pipeline.ingest.decode.image import decode_image
 from pipeline.ingest.decode.points import decode_points
@@ -26,7 +26,7 @@ from pipeline.ingest.decode.video import decode_video
 from pipeline.ingest.shards import DUPLICATE, SkippedMember
 
 __all__ = ["DECODERS", "EXTENSIONS", "DecodeContext", "DecodeError", "decode_audio", "decode_image", "decode_member",
-           "decode_points", "decode_text", "decode_video", "find_member", "resample"]
+           "decode_points", "decode_text", "decode_video", "find_member"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,7 @@ class DecodeContext:
 
     key: str  # the sample's key
     sample_rate: int = 16_000  # the audio encoder's rate
+    image_side: int = 0  # the short side the image encoder resizes to (JPEG draft decoding); 0 = full
 
 
 def _points_seed(key: str) -> int:
@@ -45,7 +46,7 @@ def _points_seed(key: str) -> int:
 Decoder = Callable[[bytes, str, Any, DecodeContext], Any]
 
 DECODERS: dict[str, Decoder] = {
-    "image": lambda data, ext, cfg, ctx: decode_image(data, ext, cfg),
+    "image": lambda data, ext, cfg, ctx: decode_image(data, ext, cfg, ctx.image_side),
     "text": lambda data, ext, cfg, ctx: decode_text(data, ext, cfg),
     "video": lambda data, ext, cfg, ctx: decode_video(data, ext, cfg),
     "audio": lambda data, ext, cfg, ctx: decode_audio(data, ext, cfg, ctx.sample_rate),
@@ -60,7 +61,8 @@ def find_member(sample: dict[str, Any], modality: str) -> tuple[str, bytes] | No
     return None
 
 
-def decode_member(sample: dict[str, Any], modality: str, cfg: Any, sample_rate: int | None = None):
+def decode_member(sample: dict[str, Any], modality: str, cfg: Any, sample_rate: int | None = None,
+                  image_side: int = 0):
     """The decoded item of ``modality`` in ``sample``; DecodeError (status, message) when there is none."""
     if modality not in DECODERS:
         raise ValueError(f"unknown modality {modality!r}")
@@ -74,7 +76,7 @@ def decode_member(sample: dict[str, Any], modality: str, cfg: Any, sample_rate: 
     if isinstance(data, SkippedMember):
         raise DecodeError("error", f"{modality}: {data.reason}")
     try:
-        return DECODERS[modality](data, ext, cfg, DecodeContext(key, sample_rate or 16_000))
+        return DECODERS[modality](data, ext, cfg, DecodeContext(key, sample_rate or 16_000, image_side))
     except MemoryError:
         raise DecodeError("error", f"{modality}: out of memory while decoding the {ext} member "
                                    f"({len(data)} bytes); lower this modality's limits") from None

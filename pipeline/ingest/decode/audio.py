@@ -1,4 +1,7 @@
-"""Audio: mono float32 at the encoder's rate, centre-cropped to ``seconds``; only that window is decoded.
+"""Audio: mono float32 PCM at the source's rate, centre-cropped to ``seconds``; only that window is decoded.
+
+Resampling, the centre crop inside the window and the padding run batched on the encoder's
+device (:mod:`pipeline.encoders.audio_features`); the worker hands over :class:`Pcm`.
 
 Bounded before it allocates: the length (frames at the source rate) is known before any
 sample is kept, from the soundfile header or, for what soundfile cannot read or a header that
@@ -18,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.encoders.base import Pcm
 from pipeline.ingest.decode.base import DecodeError
 
 MAX_WINDOW_SAMPLES = 1 << 25  # frames x channels decoded for one clip at the source rate (128 MB as float32)
@@ -89,6 +93,8 @@ def _soundfile(data: bytes):
 def _soundfile_window(f, cfg: Any, target: int) -> tuple[np.ndarray, Window, int]:
     window = plan_window(f.frames, f.samplerate, f.channels, cfg, target)
     f.seek(window.start)
+    if f.channels == 1:  # mono: the window in one read, straight into float32 (no mix-down to do)
+        return f.read(window.stop - window.start, dtype="float32"), window, f.samplerate
     blocks = (b.mean(axis=1, dtype=np.float64) for b in
               f.blocks(blocksize=BLOCK_FRAMES, frames=window.stop - window.start, dtype="float32", always_2d=True))
     return _keep(blocks, window.start, window.start, window.stop), window, f.samplerate
@@ -155,48 +161,13 @@ def _read_window(data: bytes, cfg: Any, target: int) -> tuple[np.ndarray, Window
             f.close()
 
 
-def resample(wav: np.ndarray, rate: int, target: int) -> np.ndarray:
-    """Band-limited (windowed-sinc) resampling of a mono signal."""
-    if rate == target or len(wav) == 0:
-        return wav
-    import torch
-    import torch.nn.functional as F
-
-    n_out = int(round(len(wav) * target / rate))
-    x = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))
-    if target < rate:  # low-pass at the new Nyquist before interpolating
-        cutoff = target / rate
-        t = torch.arange(-FILTER_TAPS, FILTER_TAPS + 1, dtype=torch.float32)
-        kernel = cutoff * torch.sinc(cutoff * t) * torch.hann_window(2 * FILTER_TAPS + 1, periodic=False)
-        x = F.conv1d(x[None, None], (kernel / kernel.sum())[None, None], padding=FILTER_TAPS)[0, 0]
-    y = F.interpolate(x[None, None], size=n_out, mode="linear", align_corners=False)[0, 0]
-    return y.numpy()
-
-
-def _fit(mono: np.ndarray, n: int, pad: bool = True) -> np.ndarray:
-    """Centre-crop to ``n`` samples; zero-pad to ``n`` unless ``pad`` is false."""
-    if len(mono) > n:
-        start = (len(mono) - n) // 2
-        return mono[start:start + n]
-    if not pad:
-        return mono
-    pad = n - len(mono)
-    return np.pad(mono, (pad // 2, pad - pad // 2))
-
-
-def decode_audio(data: bytes, ext: str, cfg: Any, sample_rate: int) -> np.ndarray:
-    """Mono float32 at ``sample_rate``, centre-cropped to ``cfg.seconds`` (zero-padded to it unless ``cfg.pad`` is false)."""
+def decode_audio(data: bytes, ext: str, cfg: Any, sample_rate: int) -> Pcm:
+    """Mono float32 PCM at the source's rate: the centre ``cfg.seconds`` of a longer recording with the
+    resampling filter's margin around it (``keep`` says where the clip starts), all of a shorter one.
+    ``sample_rate`` (the encoder's) sizes the margin; it is applied on the device."""
     mono, window, rate = _read_window(data, cfg, sample_rate)
     if mono.size == 0:
         raise DecodeError("corrupt", "audio: no samples")
     if not np.isfinite(mono).all():
         raise DecodeError("corrupt", "audio: non-finite samples")
-    out = resample(mono, rate, sample_rate)
-    n = int(round(cfg.seconds * sample_rate))
-    if window.cropped:  # the clip starts `keep` source frames into the decoded window
-        skip = int(round(window.keep * sample_rate / rate))
-        out = out[skip:skip + n]
-    out = _fit(out, n, getattr(cfg, "pad", True))
-    if not np.isfinite(out).all():
-        raise DecodeError("error", "audio: non-finite samples after resampling")
-    return np.ascontiguousarray(out, dtype=np.float32)
+    return Pcm(np.ascontiguousarray(mono, dtype=np.float32), int(rate), window.keep, window.cropped)

@@ -10,6 +10,10 @@
   512`` bytes cannot hold the picture its frame header declares.
 * Transparency (RGBA, LA, PA, palette or RGB/L with a ``transparency`` entry) is composited onto
   ``[modalities.image] background`` (:func:`flatten_alpha`), never dropped.
+* With ``min_side`` (the short side the encoder's preprocessing resizes to), a JPEG is decoded
+  in Pillow's draft mode: libjpeg scales it by 1/2, 1/4 or 1/8 in the DCT domain, to the smallest
+  size whose short side is still >= ``min_side``, so the preprocessor's one resize starts from
+  fewer pixels and the IDCT does less work. The other formats decode in full.
 """
 
 from __future__ import annotations
@@ -79,13 +83,15 @@ def _open(data: bytes, ext: str, max_pixels: int):
     return img
 
 
-def decode_image(data: bytes, ext: str, cfg: Any):
+def decode_image(data: bytes, ext: str, cfg: Any, min_side: int = 0):
     img = _open(data, ext, cfg.max_pixels)
     w, h = img.size  # header only: the limits are checked before the pixels are decoded
     if w * h > cfg.max_pixels:
         raise DecodeError("error", f"image: exceeds max_pixels={cfg.max_pixels} ({w}x{h} = {w * h} pixels)")
     if img.format in ("JPEG", "MPO"):
         _check_jpeg_length(data, w, h)
+    if min_side and img.format == "JPEG":
+        img.draft("RGB", (min_side, min_side))  # the scale is bounded by the short side
     try:
         return flatten_alpha(img, getattr(cfg, "background", "white"))
     except Exception as exc:

@@ -24,6 +24,7 @@ import torch
 from pipeline.core.layout import OutputLayout
 from pipeline.core.manifest import ModalityConfig, PrecomputeConfig
 from pipeline.ingest.shards import Shard
+from pipeline.precompute.cores import CoreSplit, cores_per_rank
 from pipeline.precompute.encoding import Encoding
 from pipeline.precompute.engines.base import StoppingHandler, load_encoding, shard_dataset
 from pipeline.precompute.handlers import HANDLERS
@@ -131,7 +132,9 @@ class PartWorker:
         dataset = shard_dataset([task.work()], encoders, self.handler, self.job.pc)
         messages: Any = dataset
         if self.job.pc.num_workers > 0:
-            messages = make_loader(dataset, self.job.pc, 1, self.device)
+            # the actor's CPUs are Ray's to give: its threads stay as they are
+            split = CoreSplit(self.job.pc.num_workers, torch.get_num_threads(), cores_per_rank(1), "ray")
+            messages = make_loader(dataset, self.job.pc, split, self.device)
         RankLoop(self.layout, encoders, self.handler, stats).run(messages, _Progress(self.hook, task))
         stats.wall_s = time.perf_counter() - t0
         return PartResult(stats, stats.wall_s, load_s, False)

@@ -41,7 +41,7 @@ def sounds():
 
 
 def embed(encoder, clips):
-    return F.normalize(encoder.encode(encoder.preprocessor()(clips)), dim=-1)
+    return F.normalize(encoder.features(clips), dim=-1)
 
 
 def test_two_crops_of_a_sound_are_closer_than_other_sounds(encoder, sounds):
@@ -56,13 +56,13 @@ def test_two_crops_of_a_sound_are_closer_than_other_sounds(encoder, sounds):
 def test_shape_determinism_and_padding(encoder, sounds):
     clip = sounds["stamp-animals-birds-blackbird"]
     short = sounds["stamp-animals-birds-seagull"][: aisfx.SAMPLE_RATE // 2]
-    one = encoder.encode(encoder.preprocessor()([clip]))
+    one = encoder.features([clip])
     assert one.shape == (1, 512) and encoder.dim == 512 and encoder.sample_rate == 44_100
-    assert torch.equal(one, encoder.encode(encoder.preprocessor()([clip])))
-    both = encoder.encode(encoder.preprocessor()([clip, short]))  # the short clip's blocks are masked
+    assert torch.equal(one, encoder.features([clip]))
+    both = encoder.features([clip, short])  # the short clip's blocks are masked
     assert torch.allclose(both[0], one[0], atol=1e-5)
     padded = np.pad(short, (44_100, 44_100))  # the decoder's centred zero padding is trimmed
-    assert torch.allclose(encoder.encode(encoder.preprocessor()([padded])), both[1:], atol=1e-5)
+    assert torch.allclose(encoder.features([padded]), both[1:], atol=1e-5)
 
 
 def test_blocks_match_aisfx_blocking():

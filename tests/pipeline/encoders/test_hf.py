@@ -35,8 +35,8 @@ def test_clip_image_and_text_towers(tiny_clip):
     img = build("image", ImageConfig(encoder=f"hf:{tiny_clip}"))
     assert img.dim == 16 and img.provenance()["pooling"] == "get_image_features"
     pre = pickle.loads(pickle.dumps(img.preprocessor()))  # DataLoader workers get a pickled copy
-    batch = pre([Image.new("RGB", (50, 40), (200, 10, 10)), Image.new("RGB", (32, 32))])
-    assert batch["pixel_values"].shape == (2, 3, 32, 32)
+    batch = img.prepare(pre([Image.new("RGB", (50, 40), (200, 10, 10)), Image.new("RGB", (32, 32))]))
+    assert batch["pixel_values"].shape == (2, 3, 32, 32) and img.input_size == 32
     with torch.no_grad():
         feats = img.encode(batch)
         direct = img.model.get_image_features(pixel_values=batch["pixel_values"]).pooler_output
@@ -54,8 +54,8 @@ def test_plain_text_model_is_mean_pooled_over_the_mask(tmp_path):
     enc = build("text", TextConfig(encoder=f"hf:{folder}"))
     assert enc.dim == 20 and enc.provenance()["pooling"] == "mean over the attention mask"
     with torch.no_grad():
-        alone = enc.encode(enc.preprocessor()(["cat"]))
-        padded = enc.encode(enc.preprocessor()(["cat", "a photo of the red car tree"]))
+        alone = enc.features(["cat"])
+        padded = enc.features(["cat", "a photo of the red car tree"])
     torch.testing.assert_close(alone[0], padded[0], atol=1e-5, rtol=1e-5)  # padding does not leak in
 
 
@@ -64,7 +64,7 @@ def test_audio_model_with_feature_extractor(tiny_audio):
     assert enc.sample_rate == 16000 and enc.dim == 24
     wav = np.sin(np.arange(8000) / 10).astype(np.float32)
     with torch.no_grad():
-        out = enc.encode(enc.preprocessor()([wav, wav * 0.5]))
+        out = enc.features([wav, wav * 0.5])
     assert out.shape == (2, 24) and torch.isfinite(out).all()
     assert build("audio", AudioConfig(encoder=f"hf:{tiny_audio}", sample_rate=16000)).sample_rate == 16000
     with pytest.raises(EncoderError, match="modalities.audio.sample_rate"):  # refused where every encoder is built

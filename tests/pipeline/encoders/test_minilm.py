@@ -15,7 +15,7 @@ def encoder():
 
 
 def embed(encoder, texts):
-    return F.normalize(encoder.encode(encoder.preprocessor()(texts)), dim=-1)
+    return F.normalize(encoder.features(texts), dim=-1)
 
 
 def test_semantics(encoder):

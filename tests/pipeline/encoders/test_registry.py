@@ -45,7 +45,7 @@ def plugin(modality, config):
 def test_module_function_plugin_is_resolved():
     enc = build_encoder("text", TextConfig(encoder="tests.pipeline.encoders.test_registry:plugin"), trust_code=True)
     assert isinstance(enc, CharCount)
-    assert enc.encode(enc.preprocessor()(["abca"]))[0, 0] == 2
+    assert enc.features(["abca"])[0, 0] == 2
 
 
 def test_plugin_that_cannot_serve_video_or_image_is_a_config_error():

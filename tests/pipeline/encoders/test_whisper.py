@@ -12,8 +12,7 @@ import torch
 from pipeline.core.manifest import AudioConfig
 from pipeline.encoders import whisper
 from pipeline.encoders.aisfx import mel_filterbank
-from pipeline.encoders.base import EncoderError
-from pipeline.ingest.decode import resample
+from pipeline.encoders.base import EncoderError, Pcm
 
 DEMO = Path(__file__).resolve().parents[3] / "data" / "demo"
 PROMPT = "speech-dictate-forhelp"  # an asterisk recording in the demo: "Press 0 for help."
@@ -29,7 +28,7 @@ def prompt():
     with tarfile.open(DEMO / "demo-000000.tar") as tar:
         audio, rate = sf.read(io.BytesIO(tar.extractfile(f"{PROMPT}.flac").read()), dtype="float32")
         text = tar.extractfile(f"{PROMPT}.txt").read().decode()
-    return resample(audio, rate, whisper.SAMPLE_RATE), text
+    return Pcm(audio, rate), text
 
 
 def test_features_match_transformers_whisper_extractor():
@@ -50,7 +49,7 @@ def test_the_encoder_states_carry_the_words(encoder, prompt):
     from tokenizers import Tokenizer
 
     audio, text = prompt
-    mel = whisper.WhisperPreprocessor()([audio])["mel"].numpy()
+    mel = encoder.prepare(encoder.preprocessor()([audio]))["mel"].numpy()
     out = encoder.model.generate(ctranslate2.StorageView.from_array(mel),
                                  [["<|startoftranscript|>", "<|notimestamps|>"]], max_length=16)
     said = Tokenizer.from_file(str(whisper.model_dir() / "tokenizer.json")).decode(out[0].sequences_ids[0])
@@ -59,9 +58,10 @@ def test_the_encoder_states_carry_the_words(encoder, prompt):
 
 def test_pooled_embedding(encoder, prompt):
     audio, _ = prompt
-    pre = encoder.preprocessor()
-    batch = pre([audio, np.pad(audio, (16_000, 16_000))])  # the decoder's zero padding is ignored
-    assert batch["frames"][0] == batch["frames"][1] == int(np.ceil(len(audio) / 320))
+    padded = Pcm(np.pad(audio.samples, (8_000, 8_000)), audio.rate)  # centred zero padding is ignored
+    batch = encoder.prepare(encoder.preprocessor()([audio, padded]))
+    at_16k = round(len(audio.samples) * 16_000 / audio.rate)
+    assert batch["frames"][0] == batch["frames"][1] == int(np.ceil(at_16k / 320))
     feats = encoder.encode(batch)
     assert feats.shape == (2, 384) and encoder.dim == 384 and encoder.sample_rate == 16_000
     assert torch.allclose(feats[0], feats[1], atol=1e-4)

@@ -15,11 +15,11 @@ def test_video_is_the_mean_of_unnormalised_frame_features(tiny_clip):
     rng = np.random.default_rng(0)
     clips = [(rng.random((3, 32, 32, 3)) * 255).astype(np.uint8) for _ in range(2)]
     with torch.no_grad():
-        pooled = enc.encode(enc.preprocessor()(clips))
+        pooled = enc.features(clips)
         image = build("image", ImageConfig(encoder=f"hf:{tiny_clip}"))
         from PIL import Image
 
-        frames = image.encode(image.preprocessor()([Image.fromarray(f) for f in clips[1]]))
+        frames = image.features([Image.fromarray(f) for f in clips[1]])
     torch.testing.assert_close(pooled[1], frames.mean(0), atol=1e-5, rtol=1e-5)
 
 
@@ -38,7 +38,7 @@ def test_points_fall_back_to_depth_views(tiny_clip):
     enc = adapt("points", PointsConfig(encoder=f"hf:{tiny_clip}", views=3), build)
     assert enc.modality == "points" and enc.provenance()["views"] == 3
     cloud = np.random.default_rng(1).standard_normal((200, 3)).astype(np.float32) / 4
-    batch = enc.preprocessor()([cloud, cloud[::-1].copy()])
+    batch = enc.prepare(enc.preprocessor()([cloud, cloud[::-1].copy()]))
     assert batch["pixel_values"].shape[0] == 6
     with torch.no_grad():
         out = enc.encode(batch)

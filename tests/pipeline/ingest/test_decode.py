@@ -14,7 +14,6 @@ from pipeline.ingest.decode import (
     decode_member,
     decode_points,
     decode_video,
-    resample,
 )
 from tests.conftest import jpeg_bytes, mp4_bytes, npy_bytes, ply_bytes, wav_bytes
 
@@ -52,23 +51,26 @@ def test_video_samples_frames_uniformly():
     assert status_of({"mp4": b"\x00\x00\x00\x18ftypmp42 broken"}, "video", cfg) == "corrupt"
 
 
-def test_audio_resampled_cropped_and_padded():
+def test_audio_is_pcm_at_the_source_rate_centre_cropped_with_the_filter_margin():
+    from pipeline.ingest.decode.audio import FILTER_TAPS
+
+    FILTER_MARGIN = FILTER_TAPS + 1  # the resampling filter's reach, kept each side when the rate goes down
+
     cfg = AudioConfig(encoder="x", seconds=0.25)
-    wav = decode_audio(wav_bytes(0, seconds=0.4, rate=22050), "wav", cfg, 16000)
-    assert wav.shape == (4000,) and wav.dtype == np.float32
-    padded = decode_audio(wav_bytes(0, seconds=0.1, rate=16000), "wav", cfg, 16000)
-    assert padded.shape == (4000,) and np.abs(padded[:1200]).max() == 0 and np.abs(padded[1200:2800]).max() > 0.25
+    whole = wav_bytes(0, seconds=0.4, rate=22050)
+    pcm = decode_audio(whole, "wav", cfg, 16000)  # the encoder's rate is applied on the device
+    assert pcm.rate == 22050 and pcm.cropped and pcm.samples.dtype == np.float32
+    want = round(0.25 * 22050)
+    centre = (round(0.4 * 22050) - want) // 2
+    assert pcm.keep == FILTER_MARGIN and len(pcm.samples) == want + 2 * FILTER_MARGIN
+    import soundfile as sf
+
+    ref = sf.read(io.BytesIO(whole), dtype="float32")[0]
+    np.testing.assert_array_equal(pcm.samples, ref[centre - FILTER_MARGIN:centre + want + FILTER_MARGIN])
+    short = decode_audio(wav_bytes(0, seconds=0.1, rate=16000), "wav", cfg, 16000)
+    assert short.rate == 16000 and not short.cropped and short.keep == 0 and len(short.samples) == 1600
     assert status_of({"wav": b"RIFF junk"}, "audio", cfg, sample_rate=16000) == "corrupt"
     assert status_of({"flac": wav_bytes(0)}, "audio", replace(cfg, max_seconds=0.1), sample_rate=16000) == "error"
-
-
-def test_resample_keeps_a_tone_frequency():
-    rate, target, f = 22050, 16000, 440.0
-    t = np.arange(rate) / rate
-    y = resample(np.sin(2 * np.pi * f * t).astype(np.float32), rate, target)
-    assert len(y) == target
-    spectrum = np.abs(np.fft.rfft(y))
-    assert abs(np.argmax(spectrum) * target / len(y) - f) < 2
 
 
 def test_points_from_npy_npz_ply_in_the_unit_sphere():
@@ -180,7 +182,8 @@ def test_pyav_audio_stops_at_max_seconds():
         decode_audio(data, "webm", AudioConfig(encoder="x", max_seconds=1.0), 16000)
     assert exc.value.status == "error" and "max_seconds" in str(exc.value)
     assert status_of({"ogg": data}, "audio", AudioConfig(encoder="x", max_seconds=1.0), sample_rate=16000) == "error"
-    assert decode_audio(data, "webm", AudioConfig(encoder="x", seconds=0.25), 16000).shape == (4000,)
+    pcm = decode_audio(data, "webm", AudioConfig(encoder="x", seconds=0.25), 16000)
+    assert pcm.rate == 48000 and pcm.cropped and len(pcm.samples) - 2 * pcm.keep == 12000
 
 
 def _png(img) -> bytes:

@@ -138,7 +138,7 @@ def test_vectors_match_the_encoder(reference, tiny_shards):
     import torch
 
     with torch.no_grad():
-        feat = enc.encode(enc.preprocessor()([decode_member(sample, "image", manifest.modalities["image"])]))[0]
+        feat = enc.features([decode_member(sample, "image", manifest.modalities["image"])])[0]
     want = (feat / feat.norm()).numpy()
     store = read_store(reference["output"], "image")
     got = store.vectors[list(store.keys).index(sample["__key__"])].astype(np.float32)
@@ -163,7 +163,7 @@ def test_metadata_and_class_names(reference, tiny_shards):
     import torch
 
     with torch.no_grad():
-        feats = enc.encode(enc.preprocessor()([f"a photo of the {n}" for n in tiny_shards["labels"]]))
+        feats = enc.features([f"a photo of the {n}" for n in tiny_shards["labels"]])
     want = (feats / feats.norm(dim=1, keepdim=True)).numpy()
     got = np.stack(table.column("embedding").to_numpy(zero_copy_only=False)).astype(np.float32)
     np.testing.assert_allclose(got, want, atol=2e-3)
