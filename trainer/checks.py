@@ -37,10 +37,29 @@ def check_train(train: TrainConfig, layout: OutputLayout) -> None:
     if train.out_dim and train.out_dim != anchor_dim:
         raise ManifestError(f"train.out_dim: {train.out_dim} differs from the anchor's dim {anchor_dim}; "
                             "heads map into the anchor space, so leave it 0")
+    check_init(train, layout)
     if train.triples:
         check_triples(train.triples)
     if train.use_quintuples and layout.pairs.quintuples.is_file():
         check_quintuples_query(layout, train.anchor)
+
+
+def check_init(train: TrainConfig, layout: OutputLayout) -> None:
+    """``train.init`` fits the head's depth; ``train.warm_start`` (which replaces ``train.init`` when set)
+    names another run with exported heads."""
+    if train.init == "ridge" and train.depth > 2:
+        raise ManifestError(f"train.init: \"ridge\" starts a head as a linear map, which needs train.depth 1 or 2 "
+                            f"(got {train.depth}); set train.init = \"random\" or train.depth = 2")
+    if not train.warm_start:
+        return
+    if train.warm_start == train.run:
+        raise ManifestError(f"train.warm_start: {train.warm_start!r} is this run itself; name the run to start "
+                            "from (e.g. round 1's) or set it to \"\"")
+    source = layout.run(train.warm_start)
+    if not source.heads.is_file():
+        runs = sorted(p.parent.name for p in layout.runs_root.glob(f"*/{source.heads.name}"))
+        raise ManifestError(f"train.warm_start: run {train.warm_start!r} has no exported heads ({source.heads}); "
+                            f"train it first or name a trained run ({runs or 'none yet'})")
 
 
 def check_triples(path: str) -> None:

@@ -5,8 +5,10 @@ The slice is ``train.early_stop_fraction`` of the training rows' anchor keys (a 
 anchor key falls in the slice are not trained on. After every epoch the heads score the slice's
 truth-known pairs (a row whose partner is the anchor item's own sample, never an auto-pair): per
 projected modality the mean reciprocal rank of each partner's own anchor among the slice's anchors,
-and the reverse, averaged over both directions and the modalities. The best epoch's weights are kept
-and exported; training stops after ``train.patience`` epochs without a better score.
+and the reverse, averaged over both directions, then over the modalities weighted by their pairs
+(every truth pair counts once: a modality with 4 slice pairs must not weigh as much as one with 50). The best epoch's weights are kept
+and exported (epoch 0, the initial heads, when they score best and were fitted: ``train.init = "ridge"``
+or a warm start); training stops after ``train.patience`` epochs without a better score.
 """
 
 from __future__ import annotations
@@ -68,43 +70,62 @@ def score(binder: torch.nn.Module, data: CachedData, stop: StopSlice) -> float:
     """The slice's retrieval score of ``binder`` (eval mode for the call; NaN when the slice is empty)."""
     was_training = binder.training
     binder.eval()
-    values = []
+    values, weights = [], []
     for m, (a, p) in stop.pairs.items():
         if len(a) < 2:
             continue
         anchor = F.normalize(data.vectors[data.anchor][a.to(data.device)].float(), dim=-1)
         proj = binder.project(m, data.vectors[m][p.to(data.device)].float())
         values.append(0.5 * (mean_reciprocal_rank(proj, anchor) + mean_reciprocal_rank(anchor, proj)))
+        weights.append(len(a))
     binder.train(was_training)
-    return float(np.mean(values)) if values else float("nan")
+    return float(np.average(values, weights=weights)) if values else float("nan")
 
 
 @dataclass
 class BestEpoch:
-    """The validation curve so far and the best epoch's weights (on the CPU)."""
+    """The validation curve so far and the best epoch's weights (on the CPU).
+
+    Epochs are 0-based; epoch -1 is the heads before any training, scored by :meth:`start` when they
+    are a fitted solution (``train.init = "ridge"`` or a warm start), so that training is kept only
+    where it beats its starting point on the slice.
+    """
 
     patience: int
-    first: int = 0  # 0-based epoch the curve starts at (a resumed run's)
+    first: int = 0  # 0-based epoch the curve starts at (a resumed run's; -1 with the initial heads scored)
     curve: list[float] = field(default_factory=list)
-    best_epoch: int = -1  # 0-based
+    best_epoch: int | None = None
     best_state: dict | None = None
+
+    def start(self, value: float, binder: torch.nn.Module) -> None:
+        """Score the initial heads as epoch -1 (reported as epoch 0)."""
+        self.first = -1
+        self.update(-1, value, binder)
 
     def update(self, epoch: int, value: float, binder: torch.nn.Module) -> bool:
         """Record epoch ``epoch``'s score; True when training should stop."""
         self.curve.append(round(value, 6))
-        if self.best_epoch < 0 or value > self.curve[self.best_epoch - self.first]:
+        if self.best_epoch is None or value > self.curve[self.best_epoch - self.first]:
             self.best_epoch = epoch
             self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in binder.state_dict().items()})
         return epoch - self.best_epoch >= self.patience
+
+    def dump(self) -> dict:
+        """The state a checkpoint keeps (plain values and tensors: ``torch.load(weights_only=True)`` reads it)."""
+        return {"first": self.first, "curve": self.curve, "best_epoch": self.best_epoch, "best_state": self.best_state}
+
+    def load(self, state: dict) -> None:
+        self.first, self.curve = int(state["first"]), list(state["curve"])
+        self.best_epoch, self.best_state = state["best_epoch"], state["best_state"]
 
     def restore(self, binder: torch.nn.Module) -> None:
         if self.best_state is not None:
             binder.load_state_dict(self.best_state)
 
     def report(self, stop: StopSlice) -> dict:
-        return {"metric": "mean reciprocal rank of own-caption pairs, both directions, mean over modalities",
+        return {"metric": "mean reciprocal rank of own-caption pairs, both directions, modalities weighted by pairs",
                 "slice_rows": stop.rows, "slice_pairs": {m: len(a) for m, (a, _) in stop.pairs.items()},
-                "epoch_chosen": self.best_epoch + 1 if self.best_epoch >= 0 else None,
+                "epoch_chosen": self.best_epoch + 1 if self.best_epoch is not None else None,
                 "first_epoch": self.first + 1, "curve": self.curve, "patience": self.patience}
 
 

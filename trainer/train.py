@@ -36,10 +36,12 @@ from trainer.early_stop import BestEpoch, StopSlice, carve, plot_curve, score
 from trainer.losses.registry import make_loss
 from trainer.model.export import export
 from trainer.model.heads import Binder
+from trainer.model.init import InitReport, ridge_init, warm_start
 from trainer.tracking import CSVTracker
 
 log = logging.getLogger(__name__)
 STATE_FILE = "trainer_state.json"
+BEST_FILE = "best_epoch.pt"  # the early-stopping curve and best weights, so a resumed run exports the best epoch
 EPOCH_SAVE_S = 120.0  # checkpoint_every = 0: save at an epoch's end if the last save is older than this
 
 
@@ -126,8 +128,10 @@ class Trainer:
     steps_per_epoch: int
     total: int  # steps of the whole run
     fingerprint: str  # what a checkpoint must match to be resumed
+    init: InitReport = field(default_factory=lambda: InitReport("random"))
     stop: StopSlice | None = None  # the early-stopping slice (None: train every epoch, keep the last)
     best: BestEpoch | None = None
+    finished: bool = False  # resumed from a checkpoint of a run that ended (last step or early stop)
 
     @property
     def binder(self) -> Binder:
@@ -159,6 +163,7 @@ def setup(train: TrainConfig, layout: OutputLayout, accelerator, data: CachedDat
     loss (its queue) registered for checkpointing."""
     dims = data.dims()
     model = Binder(dims, train.anchor, data.modalities, train.hidden, train.depth, train.dropout, train.out_dim)
+    init = initialise(train, layout, model, data)
     loss_fn = make_loss(train.loss, modalities=data.modalities, dim=dims[train.anchor], gather=train.gather,
                         local_loss=train.local_loss, hard_negatives=train.hard_negatives,
                         queue_size=train.queue_size, cyclip_in_modal=train.cyclip_in_modal,
@@ -172,7 +177,16 @@ def setup(train: TrainConfig, layout: OutputLayout, accelerator, data: CachedDat
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler, loss_fn)
     return Trainer(train, layout.run(train.run), accelerator, data, model, loss_fn, optimizer, scheduler,
-                   steps_per_epoch, total, run_fingerprint(train, layout, data))
+                   steps_per_epoch, total, run_fingerprint(train, layout, data), init)
+
+
+def initialise(train: TrainConfig, layout: OutputLayout, model: Binder, data: CachedData) -> InitReport:
+    """Start the heads as ``train.init`` / ``train.warm_start`` say (:mod:`trainer.model.init`)."""
+    if train.warm_start:
+        return warm_start(model, layout.run(train.warm_start))
+    if train.init == "ridge":
+        return ridge_init(model, data, train.seed)
+    return InitReport("random")
 
 
 def resume(tr: Trainer) -> int:
@@ -185,18 +199,25 @@ def resume(tr: Trainer) -> int:
         log.info("checkpoint %s is from another config or data; training from scratch", last)
         return 0
     tr.accelerator.load_state(str(last))
-    log.info("resumed from %s (step %d of %d)", last, state["step"], tr.total)
+    if tr.best is not None and (last / BEST_FILE).is_file():
+        tr.best.load(torch.load(last / BEST_FILE, weights_only=True))
+    tr.finished = bool(state.get("finished"))
+    log.info("resumed from %s (step %d of %d%s)", last, state["step"], tr.total, ", finished" if tr.finished else "")
     return state["step"]
 
 
-def save_checkpoint(tr: Trainer, step: int) -> None:
-    """Every rank saves, then (after a barrier) the main process marks the checkpoint complete with its
-    state file (step, fingerprint, the [train] section) and deletes the older ones."""
+def save_checkpoint(tr: Trainer, step: int, finished: bool = False) -> None:
+    """Every rank saves, then (after a barrier) the main process writes the early-stopping state and marks
+    the checkpoint complete with its state file (step, whether the run ended, fingerprint, the [train]
+    section) and deletes the older ones."""
     acc, path = tr.accelerator, tr.run.checkpoint(step)
     acc.save_state(str(path))
     acc.wait_for_everyone()  # every rank's part is on disk before the checkpoint is marked complete
     if acc.is_main_process:
-        state = {"step": step, "total": tr.total, "fingerprint": tr.fingerprint, "train": dataclasses.asdict(tr.train)}
+        if tr.best is not None:
+            torch.save(tr.best.dump(), path / BEST_FILE)
+        state = {"step": step, "total": tr.total, "finished": finished, "fingerprint": tr.fingerprint,
+                 "train": dataclasses.asdict(tr.train)}
         atomic_write_text(path / STATE_FILE, json.dumps(state, default=str))
         for old in tr.run.checkpoints.glob(RunLayout.CHECKPOINT_GLOB):
             if old != path:
@@ -228,10 +249,10 @@ def end_of_epoch(tr: Trainer, epoch: int, progress: Progress) -> bool:
         done = tr.best.update(epoch, value, tr.binder)
         if done:
             log.info("early stop after epoch %d: no better validation score since epoch %d",
-                     epoch + 1, tr.best.best_epoch + 1)
+                     epoch + 1, tr.best.best_epoch + 1)  # epoch 0: the initial heads
     last = done or progress.step == tr.total
-    if not tr.train.checkpoint_every and (last or time.perf_counter() - progress.saved_at > EPOCH_SAVE_S):
-        save_checkpoint(tr, progress.step)
+    if last or (not tr.train.checkpoint_every and time.perf_counter() - progress.saved_at > EPOCH_SAVE_S):
+        save_checkpoint(tr, progress.step, finished=last)
         progress.saved_at = time.perf_counter()
     return done
 
@@ -244,7 +265,9 @@ def loop(tr: Trainer, step: int, stop_after_steps: int | None = None) -> Progres
     t, acc, data = tr.train, tr.accelerator, tr.data
     world, rank = acc.num_processes, acc.process_index
     ahead, progress = read_ahead(tr), Progress(step)
-    if tr.best is not None:
+    if tr.finished:  # the checkpoint is of an ended run: nothing left to train
+        return progress
+    if tr.best is not None and not tr.best.curve:
         tr.best.first = step // tr.steps_per_epoch
     with tqdm(total=tr.total, initial=step, desc="train", disable=not acc.is_main_process) as bar:
         for epoch in range(step // tr.steps_per_epoch, t.epochs):
@@ -279,7 +302,7 @@ def summarize(tr: Trainer, resumed_from: int, progress: Progress, seconds: float
             "rows": len(data.rows), "train_rows": len(data.train_idx), "val_rows": len(data.val_idx),
             "modalities": data.modalities, "anchor": t.anchor, "seconds": round(seconds, 2),
             "samples_per_s": round(progress.seen / seconds, 1) if seconds > 0 else None,
-            "run_dir": str(tr.run.root),
+            "run_dir": str(tr.run.root), "init": tr.init.to_dict(),
             "early_stopping": tr.best.report(tr.stop) if tr.best is not None and tr.stop is not None else None}
 
 
@@ -320,6 +343,8 @@ def run(manifest: Manifest, stop_after_steps: int | None = None, pivot_only: boo
     if stop is not None:
         tr.stop, tr.best = stop, BestEpoch(t.patience)
     resumed_from = resume(tr)
+    if tr.best is not None and tr.stop is not None and resumed_from == 0 and tr.init.kind != "random":
+        tr.best.start(score(tr.binder, data, tr.stop), tr.binder)  # a fitted start is a candidate too
     start = time.perf_counter()
     progress = loop(tr, resumed_from, stop_after_steps)
     if progress.stopped:

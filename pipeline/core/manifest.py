@@ -177,7 +177,10 @@ class TrainConfig:
     export_ebind: bool = False  # also write runs/<run>/ebind-heads.safetensors in EBind's layout (projectors.<m>.net.<i>.*)
     early_stop_fraction: float = 0.1  # share of training-side keys held back to pick the best epoch; 0 = train every epoch, keep the last
     patience: int = 10  # epochs without a better validation score before training stops
+    init: str = "random"  # random | ridge: start each head from the closed-form ridge map (λ by CV on the fitted rows), a candidate epoch 0
+    warm_start: str = ""  # a finished run whose heads this run starts from instead of train.init (kept unless the validation slice improves); "" = none
     CHOICES: typing.ClassVar[dict[str, tuple[str, ...]]] = {
+        "init": ("random", "ridge"),
         "precision": ("no", "bf16", "fp16"),
         "partial": ("drop", "soft"),
         "in_memory": ("auto", "gpu", "stream"),

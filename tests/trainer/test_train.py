@@ -81,13 +81,15 @@ def test_split_is_stable_and_seeded():
     assert (is_val(keys, seed=1, fraction=0.2) != val).any()
 
 
-@pytest.mark.parametrize("bad", [{"train.anchor": "video"}, {"train.modalities": ["image"]}])
+@pytest.mark.parametrize("bad", [{"train.anchor": "video"}, {"train.modalities": ["image"]},
+                                 {"train.warm_start": "nowhere"}, {"train.warm_start": "default"},
+                                 {"train.init": "ridge", "train.depth": 3}])
 def test_bad_train_config_names_the_key(planted, bad):
     from pipeline.core.manifest import ManifestError
 
     output, _ = planted
-    key, value = next(iter(bad.items()))
-    manifest = make_manifest(output, **{key.split(".")[1]: value})
+    key = next(iter(bad))
+    manifest = make_manifest(output, **{k.split(".")[1]: v for k, v in bad.items()})
     with pytest.raises(ManifestError, match=key.replace(".", r"\.")):
         train.run(manifest)
 
@@ -112,12 +114,14 @@ def test_early_stopping_exports_the_best_epoch_of_a_training_side_slice(planted)
     assert stop["slice_rows"] == slice_.rows == len(data.train_idx) - len(fit) > 30
     assert not set(fit) & set(data.val_idx) and len(fit) == summary["train_rows"]
     heads, _ = load_heads(manifest.layout.run("default").root)
-    values = []
+    values, weights = [], []
     for m, (a, p) in slice_.pairs.items():
         anchor = torch.nn.functional.normalize(data.vectors["text"][a].float(), dim=-1)
         proj = torch.nn.functional.normalize(heads[m](data.vectors[m][p].float()), dim=-1)
         values.append(0.5 * (mean_reciprocal_rank(proj, anchor) + mean_reciprocal_rank(anchor, proj)))
-    assert float(np.mean(values)) == pytest.approx(max(stop["curve"]), abs=1e-5)
+        weights.append(len(a))  # every truth pair counts once
+    assert sum(v * w for v, w in zip(values, weights, strict=True)) / sum(weights) == pytest.approx(
+        max(stop["curve"]), abs=1e-5)
 
 
 def test_new_round_with_new_pairs_does_not_resume_the_old_one(tmp_path):
@@ -268,3 +272,78 @@ def test_gpu_training_keeps_stores_on_the_gpu_in_bf16(planted):
     train.run(manifest)
     metrics = evaluate.run(manifest)
     assert metrics["text->audio"]["R@1"] >= 0.8 and metrics["audio->points"]["R@10"] >= 0.6
+
+
+def _ridge_heads(data, m: str, lam: float) -> tuple[np.ndarray, np.ndarray]:
+    """The ridge formula on the fitted rows: [W; b] = (X1^T X1 + lam diag(1..1, 0))^-1 X1^T T."""
+    rows = data.rows
+    sel = data.train_idx[rows.partner[m][data.train_idx] >= 0]
+    x = data.vectors[m][rows.partner[m][sel]].double().numpy()
+    t = data.vectors["text"][rows.anchor[sel]].double().numpy()
+    t = t / np.linalg.norm(t, axis=1, keepdims=True)
+    x1 = np.hstack([x, np.ones((len(x), 1))])
+    wb = np.linalg.solve(x1.T @ x1 + lam * np.diag([1.0] * x.shape[1] + [0.0]), x1.T @ t)
+    return wb[:-1], wb[-1]
+
+
+@pytest.mark.parametrize("lr", [1e-9, 5.0])
+def test_ridge_init_starts_at_the_ridge_map_and_keeps_it_when_training_hurts(planted, lr):
+    """init = ridge: the heads start as the ridge map of the fitted rows (the slice left out), scored as
+    epoch 0. lr 1e-9 barely moves them; lr 5.0 wrecks them, so epoch 0 is kept: either way the
+    exported heads are the ridge map."""
+    from pipeline.core.heads_file import load_heads
+    from trainer.data.rows import load
+    from trainer.early_stop import carve
+
+    output, _ = planted
+    manifest = make_manifest(output, epochs=3, val_fraction=0.25, early_stop_fraction=0.2, patience=5,
+                             init="ridge", lr=lr, dropout=0.0)
+    summary = train.run(manifest)
+    stop, init = summary["early_stopping"], summary["init"]
+    assert init["kind"] == "ridge" and set(init["ridge_lambda"]) == {"audio", "points"}
+    assert stop["first_epoch"] == 0 and len(stop["curve"]) == 4
+    if lr > 1:
+        assert stop["epoch_chosen"] == 0 and max(stop["curve"][1:]) < stop["curve"][0]
+    data = load(manifest.train, manifest.layout)
+    fit, _ = carve(data, 0.2, 0)
+    data.train_idx = fit
+    heads, _ = load_heads(manifest.layout.run("default").root)
+    x = np.random.default_rng(0).normal(size=(20, DIMS["audio"]))
+    for m in ("audio", "points"):
+        w, b = _ridge_heads(data, m, init["ridge_lambda"][m])
+        xm = x[:, :DIMS[m]]
+        out = heads[m](torch.tensor(xm, dtype=torch.float32)).double().numpy()
+        np.testing.assert_allclose(out, xm @ w + b, rtol=1e-3, atol=1e-3 * np.abs(xm @ w + b).max())
+
+
+def test_warm_start_begins_at_the_named_runs_heads(planted):
+    from pipeline.core.heads_file import load_heads
+
+    output, _ = planted
+    first = make_manifest(output, epochs=2, run="round1", dropout=0.1)
+    train.run(first)
+    summary = train.run(make_manifest(output, epochs=1, run="round2", warm_start="round1", lr=1e-9, dropout=0.1))
+    assert summary["init"] == {"kind": "warm_start", "source": "round1"}
+    assert summary["early_stopping"]["first_epoch"] == 0
+    a, config_a = load_heads(output / "runs/round1")
+    b, config_b = load_heads(output / "runs/round2")
+    for m in a:
+        for pa_, pb in zip(a[m].parameters(), b[m].parameters(), strict=True):
+            torch.testing.assert_close(pa_, pb, rtol=1e-5, atol=1e-6)
+    assert config_b["logit_scale"] == pytest.approx(config_a["logit_scale"], rel=1e-4)
+
+
+def test_rerunning_an_early_stopped_run_keeps_its_best_epoch(planted):
+    """A finished run with early stopping, trained again with the same config and data, resumes the
+    ended run: no step is trained and the exported heads are still the best epoch's, not the last's."""
+    output, _ = planted
+    manifest = make_manifest(output, epochs=6, val_fraction=0.25, early_stop_fraction=0.2, patience=2, lr=3e-2)
+    first = train.run(manifest)
+    before = load_file(str(output / "runs/default/heads.safetensors"))
+    again = train.run(manifest)
+    after = load_file(str(output / "runs/default/heads.safetensors"))
+    assert again["resumed_from_step"] == again["steps"] == first["steps"]
+    assert again["early_stopping"]["curve"] == first["early_stopping"]["curve"]
+    assert again["early_stopping"]["epoch_chosen"] == first["early_stopping"]["epoch_chosen"]
+    for k in before:
+        assert torch.equal(before[k], after[k]), k
