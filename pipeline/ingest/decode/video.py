@@ -163,6 +163,8 @@ def _decode_chosen(ctx, packets: list, order: list[int], chosen: list[int]) -> t
             if w in picks:
                 continue
             t = order[w]
+            if t not in where:
+                return None, n
             j = bisect.bisect_right(keys, where[t]) - 1
             while j >= 0 and packets[keys[j]].pts > t:  # a frame shown before its keyframe (open GOP)
                 j -= 1
