@@ -104,17 +104,18 @@ class _Counted:
 
 def _demux(container, stream, max_seconds: float) -> list:
     """Every packet of ``stream`` in decode order (the trailing empty one flushes the decoder),
-    ending in an ``error`` status at the first packet presented past ``max_seconds`` from the
-    earliest: as :func:`_within`, without decoding, so a clip whose header gives no duration is
+    ending in an ``error`` status as soon as two packets are presented more than ``max_seconds``
+    apart: as :func:`_within`, without decoding, so a clip whose header gives no duration is
     held to the limit before any frame is decoded. The packets are the compressed clip."""
-    packets, first = [], None
+    packets, first, last = [], None, None
     tb = float(stream.time_base) if stream.time_base else None
     for packet in container.demux(stream):
         if packet.pts is not None and tb is not None and packet.size:
             t = packet.pts * tb
-            first = t if first is None else min(first, t)
-            if t - first > max_seconds:
-                raise DecodeError("error", f"video: longer than max_seconds={max_seconds} (a frame at {t - first:.1f} s)")
+            first, last = (t, t) if first is None else (min(first, t), max(last, t))
+            if last - first > max_seconds:
+                raise DecodeError("error", f"video: longer than max_seconds={max_seconds} "
+                                           f"(a frame at {last - first:.1f} s)")
         packets.append(packet)
     return packets
 

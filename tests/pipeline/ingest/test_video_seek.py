@@ -145,3 +145,20 @@ def test_bad_inputs_keep_their_status():
         with pytest.raises(DecodeError) as exc:
             decode_video(broken, "mp4", CFG)
         assert exc.value.status == "corrupt"
+
+
+def test_demux_holds_the_spread_of_timestamps_to_max_seconds():
+    """The limit is on the spread of presentation times, whatever order the packets come in."""
+    from fractions import Fraction
+    from types import SimpleNamespace
+
+    def run(pts):
+        packets = [SimpleNamespace(pts=t, size=1) for t in pts]
+        container = SimpleNamespace(demux=lambda stream: iter(packets))
+        return vid._demux(container, SimpleNamespace(time_base=Fraction(1, 10)), max_seconds=5.0)
+
+    assert len(run([0, 30, 10, 50])) == 4  # 5.0 s apart at most
+    for late_early in ([100, 0], [20, 70, 10]):  # the earliest frame comes last
+        with pytest.raises(DecodeError) as exc:
+            run(late_early)
+        assert exc.value.status == "error"
