@@ -162,3 +162,16 @@ def test_demux_holds_the_spread_of_timestamps_to_max_seconds():
         with pytest.raises(DecodeError) as exc:
             run(late_early)
         assert exc.value.status == "error"
+
+
+@pytest.mark.parametrize("seen", [1, 3, 8, 33, 100, 257, 1000])
+@pytest.mark.parametrize("count", [1, 4, 8])
+def test_chosen_indices_are_those_the_sequential_sampler_takes(seen, count):
+    """Worked out on indices before decoding, for a right, an overstated, an understated and no count."""
+    from types import SimpleNamespace
+
+    def frames():
+        return (SimpleNamespace(to_ndarray=lambda format, i=i: i) for i in range(seen))
+
+    for total in (seen, seen + 7, max(1, seen // 2), 0):
+        assert vid._chosen(total, seen, count) == vid._sample_frames(frames(), total, count), total
