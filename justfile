@@ -51,12 +51,12 @@ publish manifest=default_manifest *overrides:
     {{venv}}/bindery publish {{manifest}} {{overrides}}
 
 # the main job on the embedded default: precompute, bootstrap heads on own captions, pair
-# through them, retrain on captions + pairs, evaluate, publish, analyse the fused image+text space
+# through them, retrain on captions + pairs from those heads, evaluate, publish, analyse the fused image+text space
 demo manifest=default_manifest:
     {{just_executable()}} precompute {{manifest}}
     {{just_executable()}} train {{manifest}} --set train.run=captions --set train.use_quintuples=false
     {{just_executable()}} pair {{manifest}} --set pair.head_run=captions
-    {{just_executable()}} train {{manifest}}
+    {{just_executable()}} train {{manifest}} --set train.warm_start=captions
     {{just_executable()}} eval {{manifest}}
     {{just_executable()}} publish {{manifest}}
     {{just_executable()}} analyze {{manifest}}

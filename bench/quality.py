@@ -106,7 +106,7 @@ def measure(small: bool, device: str) -> dict[str, Any]:
     runs = {"captions": f"captions{suffix}", "bench": f"{base.train.run}{suffix}"}
     round1 = load(MANIFEST, [*common, "train.use_quintuples=false", f"train.run={runs['captions']}"])
     paired = load(MANIFEST, [*common, f"pair.head_run={runs['captions']}"])
-    round2 = load(MANIFEST, [*common, f"train.run={runs['bench']}"])
+    round2 = load(MANIFEST, [*common, f"train.run={runs['bench']}", f"train.warm_start={runs['captions']}"])
 
     seconds: dict[str, float] = {}
     results: dict[str, Any] = {}
