@@ -40,12 +40,15 @@ class PcmCollate:
 
     def __call__(self, items: list[Any]) -> Batch:
         pcms = [it if isinstance(it, Pcm) else Pcm(np.asarray(it, np.float32).reshape(-1), self.rate) for it in items]
-        longest = max(len(p.samples) for p in pcms)
-        out = torch.zeros(len(pcms), max(longest, 1))
-        for i, p in enumerate(pcms):
-            out[i, :len(p.samples)] = torch.from_numpy(np.ascontiguousarray(p.samples, np.float32))
-        return {"pcm": out,
-                "pcm_length": torch.tensor([len(p.samples) for p in pcms], dtype=torch.long),
+        lengths = [len(p.samples) for p in pcms]
+        # one NumPy buffer, each row written once (samples, then zeros past them): no zero fill of
+        # the whole batch first, no per-row torch indexing
+        out = np.empty((len(pcms), max(max(lengths), 1)), np.float32)
+        for row, p, n in zip(out, pcms, lengths, strict=True):
+            row[:n] = p.samples
+            row[n:] = 0.0
+        return {"pcm": torch.from_numpy(out),
+                "pcm_length": torch.tensor(lengths, dtype=torch.long),
                 "pcm_rate": torch.tensor([p.rate for p in pcms], dtype=torch.long),
                 "pcm_keep": torch.tensor([p.keep for p in pcms], dtype=torch.long),
                 "pcm_cropped": torch.tensor([p.cropped for p in pcms], dtype=torch.bool)}

@@ -7,9 +7,10 @@ Bounded before it allocates: the length (frames at the source rate) is known bef
 sample is kept, from the soundfile header or, for what soundfile cannot read or a header that
 does not say (streamed FLAC records 0 samples), from a pass over the packets that decodes
 nothing. The centre window of ``seconds`` (plus the resampling filter's margin) is then the
-only part decoded and kept, block by block, each block down-mixed to mono at once; its size in
-``frames x channels`` at the source rate must fit :data:`MAX_WINDOW_SAMPLES`. So neither a 1 Hz
-WAV nor a 30-minute 8-channel FLAC is ever decoded, resampled or held whole.
+only part decoded and kept (in one read when mono or small, else block by block, each block
+down-mixed to mono at once); its size in ``frames x channels`` at the source rate must fit
+:data:`MAX_WINDOW_SAMPLES`. So neither a 1 Hz WAV nor a 30-minute 8-channel FLAC is ever
+decoded, resampled or held whole.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pipeline.ingest.decode.base import DecodeError
 
 MAX_WINDOW_SAMPLES = 1 << 25  # frames x channels decoded for one clip at the source rate (128 MB as float32)
 BLOCK_FRAMES = 1 << 16  # frames per soundfile read
+ONE_READ_SAMPLES = 1 << 22  # a multi-channel window up to this many samples (16 MB float32) is read at once
 FILTER_TAPS = 32  # half-width of the low-pass kernel, in source samples
 UNKNOWN_FRAMES = 1 << 62  # libsndfile reports SF_COUNT_MAX frames when a header does not say
 
@@ -92,11 +94,16 @@ def _soundfile(data: bytes):
 
 def _soundfile_window(f, cfg: Any, target: int) -> tuple[np.ndarray, Window, int]:
     window = plan_window(f.frames, f.samplerate, f.channels, cfg, target)
-    f.seek(window.start)
+    if window.start:  # a file just opened is at frame 0: seeking there costs a decoder reset
+        f.seek(window.start)
+    frames = window.stop - window.start
     if f.channels == 1:  # mono: the window in one read, straight into float32 (no mix-down to do)
-        return f.read(window.stop - window.start, dtype="float32"), window, f.samplerate
+        return f.read(frames, dtype="float32"), window, f.samplerate
+    if frames * f.channels <= ONE_READ_SAMPLES:  # a small window: one read, one mix-down (the same sums)
+        mono = f.read(frames, dtype="float32", always_2d=True).mean(axis=1, dtype=np.float64)
+        return mono.astype(np.float32), window, f.samplerate
     blocks = (b.mean(axis=1, dtype=np.float64) for b in
-              f.blocks(blocksize=BLOCK_FRAMES, frames=window.stop - window.start, dtype="float32", always_2d=True))
+              f.blocks(blocksize=BLOCK_FRAMES, frames=frames, dtype="float32", always_2d=True))
     return _keep(blocks, window.start, window.start, window.stop), window, f.samplerate
 
 
