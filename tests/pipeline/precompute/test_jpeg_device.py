@@ -28,7 +28,14 @@ from pipeline.ingest.shards import Shard
 from pipeline.precompute.decode_path import choose_decode
 from pipeline.precompute.encoding import Encoding
 from pipeline.precompute.jpeg_device import DeviceJpegStep, PillowJpeg
-from pipeline.precompute.loader import JpegBatch, ModalityBatch, ModalityPlan, ShardDataset, ShardDone, ShardWork
+from pipeline.precompute.loader import (
+    JpegBatch,
+    ModalityBatch,
+    ModalityPlan,
+    ShardDataset,
+    ShardDone,
+    ShardWork,
+)
 from pipeline.precompute.rank import RankLoop
 from pipeline.precompute.stats import RankStats
 from tests.conftest import write_tar
