@@ -41,6 +41,7 @@ from pipeline.precompute.stats import RankStats
 from tests.conftest import write_tar
 
 DEMO = Path(__file__).resolve().parents[3] / "data" / "demo"
+PHOTOS = Path(__file__).resolve().parents[2] / "data" / "photos"  # real photos, 604-1280 px
 
 
 def photo(size=(120, 80), seed=0, fmt="JPEG", **save) -> bytes:
@@ -166,7 +167,8 @@ def test_decode_device_without_cuda_is_a_manifest_error(tiny_clip):
 
 
 def demo_jpegs(limit: int = 48) -> list[bytes]:
-    out = []
+    """The real photos in tests/data/photos, then the demo shards' stamp JPEGs (up to 256 px)."""
+    out = [p.read_bytes() for p in sorted(PHOTOS.glob("*.jpg"))]
     for tar in sorted(DEMO.glob("demo-*.tar")):
         with tarfile.open(tar) as t:
             out += [t.extractfile(m).read() for m in t.getmembers() if m.name.endswith(".jpg")]
@@ -182,17 +184,19 @@ def full_decode_on_torch(crop: CropPreprocessor, device: torch.device):
     return decode
 
 
-def compare_paths(decoder, device: torch.device, side: int = 224) -> tuple[float, float]:
-    """(the worst image's mean abs pixel difference, the least cosine of a tiny CLIP's embeddings) of
-    ``decoder`` against the worker path, on the demo photos, at a real encoder size."""
+def compare_paths(decoder, device: torch.device, side: int = 224) -> tuple[float, float, float]:
+    """``decoder`` against Pillow, on the real and demo photos at a real encoder size: (the worst image's
+    mean abs pixel difference from Pillow's full decode + resize, the same from the worker path, which
+    draft-decodes, and the least cosine of a tiny CLIP's embeddings against the worker path)."""
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     crop = CropPreprocessor(side, (side, side), 3)  # CLIP's: bicubic, shortest edge = crop
     items = [JpegBytes(j, "jpg", (0, 0)) for j in demo_jpegs()]
-    assert len(items) >= 16, f"the demo shards under {DEMO} hold the test's photos"
+    assert len(items) >= 16, f"{PHOTOS} and the demo shards under {DEMO} hold the test's photos"
     worker = PillowJpeg(crop, CFG, side)(items).to(device)
+    full = PillowJpeg(crop, CFG, 0)(items).to(device)
     other = decoder(items).to(device)
-    diff = (worker.float() - other.float()).abs().mean(dim=(1, 2, 3))
+    worst = [float((ref.float() - other.float()).abs().mean(dim=(1, 2, 3)).max()) for ref in (full, worker)]
     torch.manual_seed(0)
     model = CLIPVisionModelWithProjection(CLIPVisionConfig(image_size=side, patch_size=32, hidden_size=32,
                                                            intermediate_size=37, num_hidden_layers=2,
@@ -201,25 +205,27 @@ def compare_paths(decoder, device: torch.device, side: int = 224) -> tuple[float
     std = torch.tensor([0.2686, 0.2613, 0.2758], device=device).view(1, 3, 1, 1)
     with torch.inference_mode():
         a, b = (model(pixel_values=(x.float() / 255 - mean) / std).image_embeds for x in (worker, other))
-    cos = torch.nn.functional.cosine_similarity(a, b)
-    return float(diff.max()), float(cos.min())
+    return worst[0], worst[1], float(torch.nn.functional.cosine_similarity(a, b).min())
 
 
-def test_the_device_geometry_stays_within_two_levels_of_the_worker_path():
-    """Full decode + torch's antialiased bicubic against draft decode + Pillow's: measured on the CPU at
-    224, the worst demo photo differs by 0.4 levels on average (max 25 at an edge); the bound leaves
-    room for nvJPEG's IDCT, which differs from libjpeg's by about a level."""
-    worst, least_cos = compare_paths(full_decode_on_torch(CropPreprocessor(224, (224, 224), 3), torch.device("cpu")),
-                                     torch.device("cpu"))
-    assert worst <= 2.0 and least_cos >= 0.999, (worst, least_cos)
+# Measured on the CPU at 224 (libjpeg standing in for nvJPEG): against Pillow's full decode the worst
+# photo is 0.15 levels off on average (torch's antialiased bicubic vs Pillow's); against the worker,
+# 3.4 (mossy bark: the worker's draft decode scales in the DCT domain, the device decodes in full);
+# least cosine 0.99992. The bounds leave a level for nvJPEG's IDCT, which is not libjpeg's.
+FULL_LEVELS, WORKER_LEVELS, MIN_COSINE = 1.0, 4.5, 0.999
+
+
+def test_the_device_geometry_matches_pillow_within_a_level():
+    decoder = full_decode_on_torch(CropPreprocessor(224, (224, 224), 3), torch.device("cpu"))
+    full, worker, cos = compare_paths(decoder, torch.device("cpu"))
+    assert full <= FULL_LEVELS and worker <= WORKER_LEVELS and cos >= MIN_COSINE, (full, worker, cos)
 
 
 @pytest.mark.gpu
-def test_nvjpeg_batched_decode_matches_the_pillow_path_on_the_demo_photos():
+def test_nvjpeg_batched_decode_matches_the_pillow_path_on_real_photos():
     from pipeline.precompute.jpeg_device import TorchvisionJpeg
 
-    crop = CropPreprocessor(224, (224, 224), 3)
     cuda = torch.device("cuda")
-    worst, least_cos = compare_paths(TorchvisionJpeg(crop, cuda), cuda)
-    print(f"nvJPEG vs Pillow: worst image mean abs diff {worst:.3f} levels, least cosine {least_cos:.5f}")
-    assert worst <= 2.0 and least_cos >= 0.999, (worst, least_cos)
+    full, worker, cos = compare_paths(TorchvisionJpeg(CropPreprocessor(224, (224, 224), 3), cuda), cuda)
+    print(f"nvJPEG vs Pillow: worst mean abs diff {full:.3f} (full decode), {worker:.3f} (worker), cosine {cos:.5f}")
+    assert full <= FULL_LEVELS and worker <= WORKER_LEVELS and cos >= MIN_COSINE, (full, worker, cos)
