@@ -57,6 +57,8 @@ class ModalityConfig:
 class ImageConfig(ModalityConfig):
     max_pixels: int = 64_000_000  # decoded images larger than this are a status row
     background: str = "white"  # colour transparent pixels (RGBA, LA, palette transparency) are composited onto
+    decode: str = "auto"  # JPEG decoding: auto (batched on the GPU when the encoder runs on CUDA, torchvision imports and the encoder's preprocessing is a resize-crop-normalise; else Pillow in the workers) | cpu (Pillow in the workers) | device (the GPU path, or a ManifestError at start)
+    CHOICES: typing.ClassVar[dict[str, tuple[str, ...]]] = {**ModalityConfig.CHOICES, "decode": ("auto", "cpu", "device")}
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,10 @@ from pipeline.encoders.audio_features import WaveAdapter
 from pipeline.encoders.base import Batch, Encoder
 from pipeline.encoders.conventions import OutputConvention
 from pipeline.encoders.weights import weights_used
-from pipeline.precompute.loader import ModalityPlan
+from pipeline.precompute.decode_path import choose_decode
+from pipeline.precompute.handlers import Handler
+from pipeline.precompute.jpeg_device import DeviceJpegStep, PillowJpeg, TorchvisionJpeg
+from pipeline.precompute.loader import JpegBatch, ModalityPlan, StatusRow
 
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -39,13 +42,16 @@ class Encoding:
         self.forward = torch.compile(encoder.encode, dynamic=True) if pc.compile else encoder.encode
         # the device-side preparation (a plugin written before Encoder.prepare has none)
         self.prepare = getattr(encoder, "prepare", None) or (lambda batch: batch)
+        # [modalities.image] decode: "device" = plain JPEGs decoded here in batches (ManifestError if it cannot)
+        self.decode = choose_decode(getattr(config, "decode", "cpu"), device, encoder) if modality == "image" else "cpu"
         self.metadata = _json_safe({
             "encoder": encoder.name, "digest": encoder.digest(), "dim": encoder.dim, "dtype": config.dtype,
             **self.convention.metadata(), "weights": weights_used(modality, config, encoder), "modality": modality,
             "dataset": dataset,
             "precision": pc.precision if self.autocast else "fp32", "device": device.type,
             "preprocessing": {**dataclasses.asdict(config), **encoder.provenance(),
-                              **({"sample_rate": encoder.sample_rate} if encoder.sample_rate else {})},
+                              **({"sample_rate": encoder.sample_rate} if encoder.sample_rate else {}),
+                              **({"decode_path": self.decode} if modality == "image" else {})},
         })
 
     def plan(self) -> ModalityPlan:
@@ -56,7 +62,20 @@ class Encoding:
             # an encoder whose preprocessor takes arrays at its rate: resample for it in the worker
             pre = WaveAdapter(pre, int(rate or 16_000), float(self.config.seconds), bool(getattr(self.config, "pad", True)))
         side = getattr(self.encoder, "input_size", 0) if self.modality == "image" else 0
-        return ModalityPlan(self.config, pre, rate, side)
+        return ModalityPlan(self.config, pre, rate, side, self.decode)
+
+    def jpeg_step(self) -> DeviceJpegStep:
+        """The device-decode step of this (image, decode = device) modality, built on first use."""
+        if getattr(self, "_jpeg_step", None) is None:
+            crop = self.encoder.preprocessor()
+            side = getattr(self.encoder, "input_size", 0)
+            self._jpeg_step = DeviceJpegStep(TorchvisionJpeg(crop, self.device), PillowJpeg(crop, self.config, side),
+                                             self.device)
+        return self._jpeg_step
+
+    def decode_jpegs(self, msg: JpegBatch, handler: Handler) -> tuple[tuple[str, ...], Batch | None, list[StatusRow]]:
+        """A worker's still-encoded JPEGs -> (keys, a batch ready for :meth:`__call__`, status rows of the rest)."""
+        return self.jpeg_step()(msg, handler)
 
     def __call__(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         """(stored vectors (B, dim) float32, finite mask (B,))."""

@@ -5,6 +5,9 @@ reads each shard once, decodes every needed modality of every sample, runs each 
 preprocessor per batch, and yields typed messages in shard order:
 
 * :class:`ModalityBatch` -- a preprocessed batch of one modality of one shard;
+* :class:`JpegBatch` -- with ``[modalities.image] decode`` on the device: the still-encoded JPEGs
+  of one batch, header-checked, to be decoded on the GPU in the main process
+  (:mod:`pipeline.precompute.jpeg_device`);
 * :class:`ShardDone` -- after the shard's last batch: per-modality status rows, the metadata
   rows (key, json) and the read fault.
 """
@@ -24,7 +27,8 @@ import torch
 from pipeline.core.hashing import bytes_sha256
 from pipeline.core.manifest import MODALITIES, ModalityConfig, PrecomputeConfig
 from pipeline.encoders.base import Batch
-from pipeline.ingest.decode import DecodeError, decode_member, find_member
+from pipeline.ingest.decode import DECODERS, DEVICE_DECODERS, DecodeError, decode_member, find_member
+from pipeline.ingest.decode.jpeg_route import JpegBytes
 from pipeline.ingest.shards import (
     DEFAULT_MAX_MEMBER_BYTES,
     DUPLICATE,
@@ -56,6 +60,11 @@ class ModalityPlan:
     preprocess: Any  # the encoder's preprocessor: decoded items -> Batch
     sample_rate: int | None = None
     image_side: int = 0  # image encoders: the short side they resize to (JPEG draft decoding)
+    image_decode: str = "cpu"  # "device": plain JPEGs leave the worker encoded (JpegBatch), see encoding.decode
+
+    @property
+    def decoders(self) -> dict[str, Any]:
+        return DEVICE_DECODERS if self.image_decode == "device" else DECODERS
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,16 @@ class ModalityBatch:
         """Called by the DataLoader (``pin_memory=True``) so the device copy can be asynchronous."""
         pinned = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in self.batch.items()}
         return dataclasses.replace(self, batch=pinned)
+
+
+@dataclass(frozen=True)
+class JpegBatch:
+    """Header-checked JPEGs still encoded: ``keys[i]`` is ``jpegs[i]`` (a batch of bytes, no pixels)."""
+
+    shard: str
+    modality: str
+    keys: tuple[str, ...]
+    jpegs: tuple[JpegBytes, ...]
 
 
 @dataclass(frozen=True)
@@ -90,7 +109,7 @@ class ShardDone:
         return self.fault is not None and not self.samples and not any(self.status.values())
 
 
-Message = ModalityBatch | ShardDone
+Message = ModalityBatch | JpegBatch | ShardDone
 
 
 @dataclass
@@ -147,7 +166,7 @@ class _ShardReader:
         yield ShardDone(self.shard_id, self.status, self.samples,
                         self.metadata if self.work.write_metadata else None, self.fault, clock.total)
 
-    def _batches(self) -> Iterator[ModalityBatch]:
+    def _batches(self) -> Iterator[ModalityBatch | JpegBatch]:
         for sample in iter_samples(self.work.shard.url, self.max_member_bytes):
             if isinstance(sample, ShardFault):
                 self._record_fault(sample)
@@ -174,22 +193,25 @@ class _ShardReader:
         """Decode one member into the pending batch; False (and a status row) when it is bad."""
         plan = self.plans[modality]
         try:
-            item = decode_member(sample, modality, plan.config, plan.sample_rate, plan.image_side)
-        except DecodeError as exc:
-            if exc.status != "missing":  # an absent member is never a fault of the input
-                keep_going(self.handler, exc)
-            self.status[modality].append((key, exc.status, str(exc)))
-            return False
-        except Exception as exc:  # a decoder bug must not end the job either
-            keep_going(self.handler, exc)
-            self.status[modality].append((key, "error", f"{modality}: {type(exc).__name__}: {exc}"))
+            item = decode_member(sample, modality, plan.config, plan.sample_rate, plan.image_side, plan.decoders)
+        except Exception as exc:
+            self.status[modality].append(status_row(self.handler, key, modality, exc))
             return False
         self.pending[modality].keys.append(key)
         self.pending[modality].items.append(item)
         return True
 
-    def _flush(self, modality: str) -> Iterator[ModalityBatch]:
+    def _flush(self, modality: str) -> Iterator[ModalityBatch | JpegBatch]:
         pending, self.pending[modality] = self.pending[modality], _Pending()
+        encoded = [i for i, item in enumerate(pending.items) if isinstance(item, JpegBytes)]
+        if encoded:  # the device decodes these; the rest of the batch is preprocessed here as ever
+            yield JpegBatch(self.shard_id, modality, tuple(pending.keys[i] for i in encoded),
+                            tuple(pending.items[i] for i in encoded))
+            rest = [(k, item) for k, item in zip(pending.keys, pending.items, strict=True)
+                    if not isinstance(item, JpegBytes)]
+            pending = _Pending([k for k, _ in rest], [item for _, item in rest])
+            if not pending.keys:
+                return
         keys, batch = self._preprocess(modality, pending)
         if keys:
             yield ModalityBatch(self.shard_id, modality, tuple(keys), batch)
@@ -212,6 +234,18 @@ class _ShardReader:
             keys.append(key)
             good.append(item)
         return (keys, _tensors(pre(good))) if keys else ([], None)
+
+
+def status_row(handler: Handler, key: str, modality: str, exc: BaseException) -> StatusRow:
+    """The status row of a member that could not be decoded, after asking the handler whether to go on
+    (it raises to stop). A DecodeError carries its status; anything else (a decoder bug) is ``error``.
+    The worker and the main process's device-decode fallback both make their rows here."""
+    if isinstance(exc, DecodeError):
+        if exc.status != "missing":  # an absent member is never a fault of the input
+            keep_going(handler, exc)
+        return key, exc.status, str(exc)
+    keep_going(handler, exc)  # a decoder bug must not end the job either
+    return key, "error", f"{modality}: {type(exc).__name__}: {exc}"
 
 
 def _tensors(batch: Batch) -> Batch:

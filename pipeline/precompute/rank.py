@@ -20,7 +20,7 @@ from pipeline.core.samples import write_metadata
 from pipeline.core.store import write_embeddings, write_status
 from pipeline.precompute.encoding import Encoding
 from pipeline.precompute.handlers import Handler, keep_going
-from pipeline.precompute.loader import ModalityBatch, ShardDone, StatusRow
+from pipeline.precompute.loader import JpegBatch, ModalityBatch, ShardDone, StatusRow
 from pipeline.precompute.outputs import record_fault
 from pipeline.precompute.stats import RankStats
 
@@ -58,11 +58,18 @@ class RankLoop:
             t_wait = time.perf_counter()
         self.stats.loop_s = time.perf_counter() - t_loop  # reading to last write, models already loaded
 
-    def encode(self, msg: ModalityBatch) -> None:
-        m, keys = msg.modality, msg.keys
+    def encode(self, msg: ModalityBatch | JpegBatch) -> None:
+        m, keys, batch, undecoded = msg.modality, msg.keys, getattr(msg, "batch", None), []
         t0 = time.perf_counter()
+        if isinstance(msg, JpegBatch):  # decoded on the device; what it cannot decode becomes status rows
+            keys, batch, undecoded = self.encoders[m].decode_jpegs(msg, self.handler)
+        part = self.parts.setdefault((msg.shard, m), _PartRows())
+        part.bad.extend(undecoded)
+        if not keys:
+            self.stats.add_encode(m, time.perf_counter() - t0)
+            return
         try:
-            vecs, ok = self.encoders[m](msg.batch)
+            vecs, ok = self.encoders[m](batch)
             why = f"{m}: the encoder gave a non-finite or zero vector"
         except Exception as exc:
             keep_going(self.handler, exc)
@@ -72,7 +79,6 @@ class RankLoop:
             if self.encoders[m].device.type == "cuda":
                 torch.cuda.empty_cache()  # after an OOM, the next batch gets the memory back
         self.stats.add_encode(m, time.perf_counter() - t0)
-        part = self.parts.setdefault((msg.shard, m), _PartRows())
         part.keys.extend(k for k, good in zip(keys, ok, strict=True) if good)
         if vecs is not None and ok.any():
             part.vectors.append(vecs[ok])

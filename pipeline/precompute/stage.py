@@ -20,6 +20,7 @@ against encoder threads), :mod:`.loader` (worker side), :mod:`.encoding` (device
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -181,6 +182,12 @@ def _class_names(text: TextConfig | None, layout: OutputLayout, label_key: str,
         return 0, f"{type(exc).__name__}: {exc}"
 
 
+def _driver_side(cfg: Any, pc: PrecomputeConfig) -> Any:
+    """A ray driver's encoders stay on the CPU and never decode images: the actors check and use
+    ``[modalities.image] decode`` on their own devices (a ManifestError there, on a CPU actor)."""
+    return dataclasses.replace(cfg, decode="cpu") if pc.engine == "ray" and hasattr(cfg, "decode") else cfg
+
+
 def run(manifest: Manifest) -> dict[str, Any]:
     from accelerate import PartialState
 
@@ -197,7 +204,8 @@ def run(manifest: Manifest) -> dict[str, Any]:
     t_start = time.perf_counter()
     # Every modality's encoder, even with nothing to encode: a finished part is reused only if it
     # was made by the same encoder (STORE_IDENTITY: name, weights digest, dim, dtype, normalisation).
-    encoders = {m: load_encoding(m, cfg, pc, manifest.dataset.name, device) for m, cfg in manifest.modalities.items()}
+    encoders = {m: load_encoding(m, _driver_side(cfg, pc), pc, manifest.dataset.name, device)
+                for m, cfg in manifest.modalities.items()}
     locks = _lock(layout, state, part)  # nothing is written before this
     try:
         return _run(manifest, shards, state, part, encoders, t_start)

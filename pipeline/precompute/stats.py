@@ -38,6 +38,7 @@ class RankStats:
     encode_s_by_modality: dict[str, float] = field(default_factory=dict)
     wall_s: float = 0.0
     cores: dict[str, Any] = field(default_factory=dict)  # the split of CPU cores (precompute.cores.CoreSplit)
+    decode: dict[str, str] = field(default_factory=dict)  # image modality -> "device" | "cpu" (its JPEG decode path)
 
     @classmethod
     def start(cls, rank: int, device: str, modalities: Iterable[str]) -> RankStats:
@@ -62,6 +63,7 @@ class RankStats:
         for m, counts in other.counts.items():
             self.counts.setdefault(m, Counter()).update(counts)
         self.faults.update(other.faults)
+        self.decode.update(other.decode)
         for name in ("read_s", "wait_s", "encode_s", "write_s", "loop_s", "wall_s"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for m, seconds in other.encode_s_by_modality.items():
@@ -71,7 +73,7 @@ class RankStats:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         return {**out, "shards": list(self.shards), "counts": {m: dict(c) for m, c in self.counts.items()},
                 "faults": dict(self.faults), "encode_s_by_modality": dict(self.encode_s_by_modality),
-                "cores": dict(self.cores)}
+                "cores": dict(self.cores), "decode": dict(self.decode)}
 
     @staticmethod
     def merge(ranks: Sequence[RankStats]) -> RunStats:

@@ -20,12 +20,13 @@ from typing import Any
 from pipeline.ingest.decode.audio import decode_audio
 from pipeline.ingest.decode.base import EXTENSIONS, DecodeError
 from pipeline.ingest.decode.image import decode_image
+from pipeline.ingest.decode.jpeg_route import route_image
 from pipeline.ingest.decode.points import decode_points
 from pipeline.ingest.decode.text import decode_text
 from pipeline.ingest.decode.video import decode_video
 from pipeline.ingest.shards import DUPLICATE, SkippedMember
 
-__all__ = ["DECODERS", "EXTENSIONS", "DecodeContext", "DecodeError", "decode_audio", "decode_image", "decode_member",
+__all__ = ["DECODERS", "DEVICE_DECODERS", "EXTENSIONS", "DecodeContext", "DecodeError", "decode_audio", "decode_image", "decode_member",
            "decode_points", "decode_text", "decode_video", "find_member"]
 
 
@@ -53,6 +54,11 @@ DECODERS: dict[str, Decoder] = {
     "points": lambda data, ext, cfg, ctx: decode_points(data, ext, cfg, seed=_points_seed(ctx.key)),
 }
 
+# ``[modalities.image] decode`` on the device: plain JPEGs stay encoded (jpeg_route), the rest as above
+DEVICE_DECODERS: dict[str, Decoder] = {
+    **DECODERS, "image": lambda data, ext, cfg, ctx: route_image(data, ext, cfg, ctx.image_side),
+}
+
 
 def find_member(sample: dict[str, Any], modality: str) -> tuple[str, bytes] | None:
     for ext in EXTENSIONS[modality]:
@@ -62,9 +68,10 @@ def find_member(sample: dict[str, Any], modality: str) -> tuple[str, bytes] | No
 
 
 def decode_member(sample: dict[str, Any], modality: str, cfg: Any, sample_rate: int | None = None,
-                  image_side: int = 0):
-    """The decoded item of ``modality`` in ``sample``; DecodeError (status, message) when there is none."""
-    if modality not in DECODERS:
+                  image_side: int = 0, decoders: dict[str, Decoder] = DECODERS):
+    """The decoded item of ``modality`` in ``sample``; DecodeError (status, message) when there is none.
+    ``decoders``: :data:`DEVICE_DECODERS` leaves plain JPEGs encoded for the GPU."""
+    if modality not in decoders:
         raise ValueError(f"unknown modality {modality!r}")
     key = str(sample["__key__"])
     if DUPLICATE in sample:
@@ -76,7 +83,7 @@ def decode_member(sample: dict[str, Any], modality: str, cfg: Any, sample_rate: 
     if isinstance(data, SkippedMember):
         raise DecodeError("error", f"{modality}: {data.reason}")
     try:
-        return DECODERS[modality](data, ext, cfg, DecodeContext(key, sample_rate or 16_000, image_side))
+        return decoders[modality](data, ext, cfg, DecodeContext(key, sample_rate or 16_000, image_side))
     except MemoryError:
         raise DecodeError("error", f"{modality}: out of memory while decoding the {ext} member "
                                    f"({len(data)} bytes); lower this modality's limits") from None

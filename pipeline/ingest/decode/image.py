@@ -83,16 +83,27 @@ def _open(data: bytes, ext: str, max_pixels: int):
     return img
 
 
-def decode_image(data: bytes, ext: str, cfg: Any, min_side: int = 0):
+def open_checked(data: bytes, ext: str, cfg: Any):
+    """The lazily opened image (header only, no pixels decoded) once the limits pass: ``max_pixels``
+    (``error``) and, for a JPEG, the data-length rule (``corrupt``)."""
     img = _open(data, ext, cfg.max_pixels)
     w, h = img.size  # header only: the limits are checked before the pixels are decoded
     if w * h > cfg.max_pixels:
         raise DecodeError("error", f"image: exceeds max_pixels={cfg.max_pixels} ({w}x{h} = {w * h} pixels)")
     if img.format in ("JPEG", "MPO"):
         _check_jpeg_length(data, w, h)
+    return img
+
+
+def decode_opened(img: Any, cfg: Any, min_side: int = 0):
+    """The pixels of an image from :func:`open_checked`, as RGB (draft-decoded JPEG with ``min_side``)."""
     if min_side and img.format == "JPEG":
         img.draft("RGB", (min_side, min_side))  # the scale is bounded by the short side
     try:
         return flatten_alpha(img, getattr(cfg, "background", "white"))
     except Exception as exc:
         raise DecodeError("corrupt", f"image: cannot decode: {type(exc).__name__}: {exc}") from None
+
+
+def decode_image(data: bytes, ext: str, cfg: Any, min_side: int = 0):
+    return decode_opened(open_checked(data, ext, cfg), cfg, min_side)

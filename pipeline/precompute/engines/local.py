@@ -29,6 +29,7 @@ class LocalEngine:
         from tqdm import tqdm
 
         stats = RankStats.start(self.rank, str(self.device), self.encoders)
+        stats.decode = {m: e.decode for m, e in self.encoders.items() if m == "image"}
         if work:
             dataset = shard_dataset(work, self.encoders, self.handler, self.pc)
             split = self._split(work, dataset.plans)

@@ -15,7 +15,8 @@ from pipeline.precompute.stats import COUNTED, RankStats
 
 # precompute.json's per-rank keys, in order (docs/precompute.md)
 RANK_KEYS = ["rank", "device", "shards", "parts_written", "samples_read", "counts", "faults", "read_s", "wait_s",
-             "encode_s", "write_s", "loop_s", "encode_s_by_modality", "wall_s", "cores"]
+             "encode_s", "write_s", "loop_s", "encode_s_by_modality", "wall_s", "cores",
+             "decode"]
 
 
 def two_ranks() -> list[RankStats]:
