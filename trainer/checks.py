@@ -45,11 +45,14 @@ def check_train(train: TrainConfig, layout: OutputLayout) -> None:
 
 
 def check_init(train: TrainConfig, layout: OutputLayout) -> None:
-    """``train.init`` fits the head's depth; ``train.warm_start`` (which replaces ``train.init`` when set)
-    names another run with exported heads."""
+    """``train.init`` fits the head's depth; ``train.refit`` has early stopping to take its epochs from;
+    ``train.warm_start`` (which replaces ``train.init`` when set) names another run with exported heads."""
     if train.init == "ridge" and train.depth > 2:
         raise ManifestError(f"train.init: \"ridge\" starts a head as a linear map, which needs train.depth 1 or 2 "
                             f"(got {train.depth}); set train.init = \"random\" or train.depth = 2")
+    if train.refit and not train.early_stop_fraction:
+        raise ManifestError("train.refit: refitting trains for the epochs early stopping kept, and train.early_stop_fraction "
+                            "is 0; set it (e.g. 0.1) or set train.refit = false")
     if not train.warm_start:
         return
     if train.warm_start == train.run:

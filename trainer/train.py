@@ -132,6 +132,8 @@ class Trainer:
     stop: StopSlice | None = None  # the early-stopping slice (None: train every epoch, keep the last)
     best: BestEpoch | None = None
     finished: bool = False  # resumed from a checkpoint of a run that ended (last step or early stop)
+    until_epoch: int | None = None  # train epochs [start, until_epoch) only (the refit); None = all
+    checkpoints: bool = True  # the refit saves none: the run's ended checkpoint stays the first fit's
 
     @property
     def binder(self) -> Binder:
@@ -158,12 +160,12 @@ def make_accelerator(train: TrainConfig, run: RunLayout):
     return accelerator
 
 
-def setup(train: TrainConfig, layout: OutputLayout, accelerator, data: CachedData) -> Trainer:
+def setup(train: TrainConfig, layout: OutputLayout, accelerator, data: CachedData, refitting: bool = False) -> Trainer:
     """Heads, loss, optimiser and schedule for ``data``; prepared by accelerate, the scheduler and the
     loss (its queue) registered for checkpointing."""
     dims = data.dims()
     model = Binder(dims, train.anchor, data.modalities, train.hidden, train.depth, train.dropout, train.out_dim)
-    init = initialise(train, layout, model, data)
+    init = initialise(train, layout, model, data, refitting)
     loss_fn = make_loss(train.loss, modalities=data.modalities, dim=dims[train.anchor], gather=train.gather,
                         local_loss=train.local_loss, hard_negatives=train.hard_negatives,
                         queue_size=train.queue_size, cyclip_in_modal=train.cyclip_in_modal,
@@ -180,10 +182,16 @@ def setup(train: TrainConfig, layout: OutputLayout, accelerator, data: CachedDat
                    steps_per_epoch, total, run_fingerprint(train, layout, data), init)
 
 
-def initialise(train: TrainConfig, layout: OutputLayout, model: Binder, data: CachedData) -> InitReport:
-    """Start the heads as ``train.init`` / ``train.warm_start`` say (:mod:`trainer.model.init`)."""
+def initialise(train: TrainConfig, layout: OutputLayout, model: Binder, data: CachedData,
+               refitting: bool = False) -> InitReport:
+    """Start the heads as ``train.init`` / ``train.warm_start`` say (:mod:`trainer.model.init`). A warm start's
+    first fit starts from the source run's first-fit heads when it was refitted: its final heads were trained
+    on the early-stopping slice this run scores its start on (the same keys for the same seed and fraction)."""
     if train.warm_start:
-        return warm_start(model, layout.run(train.warm_start))
+        source = layout.run(train.warm_start)
+        if not refitting and source.first_fit.heads.is_file():
+            source = source.first_fit
+        return warm_start(model, source)
     if train.init == "ridge":
         return ridge_init(model, data, train.seed)
     return InitReport("random")
@@ -251,6 +259,8 @@ def end_of_epoch(tr: Trainer, epoch: int, progress: Progress) -> bool:
             log.info("early stop after epoch %d: no better validation score since epoch %d",
                      epoch + 1, tr.best.best_epoch + 1)  # epoch 0: the initial heads
     last = done or progress.step == tr.total
+    if not tr.checkpoints:
+        return done
     if last or (not tr.train.checkpoint_every and time.perf_counter() - progress.saved_at > EPOCH_SAVE_S):
         save_checkpoint(tr, progress.step, finished=last)
         progress.saved_at = time.perf_counter()
@@ -269,8 +279,10 @@ def loop(tr: Trainer, step: int, stop_after_steps: int | None = None) -> Progres
         return progress
     if tr.best is not None and not tr.best.curve:
         tr.best.first = step // tr.steps_per_epoch
-    with tqdm(total=tr.total, initial=step, desc="train", disable=not acc.is_main_process) as bar:
-        for epoch in range(step // tr.steps_per_epoch, t.epochs):
+    end = t.epochs if tr.until_epoch is None else min(t.epochs, tr.until_epoch)
+    with tqdm(total=end * tr.steps_per_epoch, initial=step, desc="train" if tr.checkpoints else "refit",
+              disable=not acc.is_main_process) as bar:
+        for epoch in range(step // tr.steps_per_epoch, end):
             blocks = epoch_blocks(len(data.train_idx), epoch, t.seed, t.batch_size, world)
             first = progress.step - epoch * tr.steps_per_epoch
             for s in range(first, tr.steps_per_epoch):
@@ -288,7 +300,7 @@ def loop(tr: Trainer, step: int, stop_after_steps: int | None = None) -> Progres
                     save_checkpoint(tr, progress.step)
                     progress.stopped = True
                     return progress
-                if t.checkpoint_every and progress.step % t.checkpoint_every == 0:
+                if tr.checkpoints and t.checkpoint_every and progress.step % t.checkpoint_every == 0:
                     save_checkpoint(tr, progress.step)
             if end_of_epoch(tr, epoch, progress):
                 break
@@ -321,6 +333,19 @@ def hold_back(t: TrainConfig, data: CachedData) -> tuple[CachedData, StopSlice |
     return dataclasses.replace(data, train_idx=fit), stop
 
 
+def refit(t: TrainConfig, layout: OutputLayout, accelerator, data: CachedData, epochs: int) -> Trainer:
+    """Train afresh on every training row, the early-stopping slice included, for the ``epochs`` the slice
+    chose (0: the start itself, e.g. the ridge map of all training rows), on the same schedule as the first
+    fit. Re-seeded, so a re-run of an ended run refits to the same heads; it saves no checkpoint."""
+    from accelerate.utils import set_seed
+
+    set_seed(t.seed)
+    tr = setup(t, layout, accelerator, data, refitting=True)
+    tr.until_epoch, tr.checkpoints = epochs, False
+    loop(tr, 0)
+    return tr
+
+
 def run(manifest: Manifest, stop_after_steps: int | None = None, pivot_only: bool = False) -> dict[str, Any]:
     """Train ``[train]``'s heads; export them to the run's folder; return a summary.
 
@@ -336,6 +361,7 @@ def run(manifest: Manifest, stop_after_steps: int | None = None, pivot_only: boo
     accelerator = make_accelerator(t, layout.run(t.run))
     data = bridge.load_data(manifest, accelerator.device, pivot_only) if t.bridge else load(t, layout, accelerator.device)
     check_rows(t, data)
+    every_row = data
     data, stop = (data, None) if t.bridge else hold_back(t, data)  # a bridge run keeps its own rows
     tr = setup(t, layout, accelerator, data)
     if t.bridge:  # the loss state (a queue) stays the registered inner loss's
@@ -356,10 +382,22 @@ def run(manifest: Manifest, stop_after_steps: int | None = None, pivot_only: boo
         tr.best.restore(tr.binder)  # every rank holds the same best weights
     summary = summarize(tr, resumed_from, progress, seconds)
     summary |= bridge.summary(manifest, data, pivot_only, emergent) if t.bridge else {}
+    final = tr.binder
+    if t.refit and tr.best is not None and tr.best.best_epoch is not None:
+        if accelerator.is_main_process:
+            export(tr.run.first_fit.root, tr.binder, {"manifest": manifest.to_dict(), "train_summary": summary})
+        start, kept = time.perf_counter(), tr.best.best_epoch + 1
+        second = refit(t, layout, accelerator, every_row, kept)
+        final = second.binder
+        summary["refit"] = {"epochs": kept, "train_rows": len(every_row.train_idx), "init": second.init.to_dict(),
+                            "seconds": round(time.perf_counter() - start, 2)}
+        log.info("refit on all %d training rows for the %d epoch(s) early stopping kept", len(every_row.train_idx), kept)
     if accelerator.is_main_process:
+        if "refit" not in summary:  # no refit: a first fit left by an earlier config would be stale
+            shutil.rmtree(tr.run.first_fit.root, ignore_errors=True)
         if summary["early_stopping"]:
             plot_curve(tr.run.validation_curve, summary["early_stopping"], t.run)
-        export(tr.run.root, tr.binder, {"manifest": manifest.to_dict(), "train_summary": summary})
+        export(tr.run.root, final, {"manifest": manifest.to_dict(), "train_summary": summary})
     finish(accelerator)
     return summary
 

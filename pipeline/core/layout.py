@@ -130,6 +130,12 @@ class RunLayout:
         return int(path.name.split("_")[1])
 
     @property
+    def first_fit(self) -> RunLayout:
+        """With ``train.refit``: the heads of the first fit, which never saw the early-stopping slice (a
+        warm start scores its start on that slice, so it starts from these)."""
+        return RunLayout(self.root / "first-fit")
+
+    @property
     def ebind_heads(self) -> Path:
         """The heads again in EBind's released layout (``train.export_ebind``)."""
         return self.root / "ebind-heads.safetensors"

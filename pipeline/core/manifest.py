@@ -181,6 +181,7 @@ class TrainConfig:
     patience: int = 10  # epochs without a better validation score before training stops
     init: str = "random"  # random | ridge: start each head from the closed-form ridge map (λ by CV on the fitted rows), a candidate epoch 0
     warm_start: str = ""  # a finished run whose heads this run starts from instead of train.init (kept unless the validation slice improves); "" = none
+    refit: bool = False  # after early stopping: train again on every training row (the slice too) for the epochs it kept, and export that
     CHOICES: typing.ClassVar[dict[str, tuple[str, ...]]] = {
         "init": ("random", "ridge"),
         "precision": ("no", "bf16", "fp16"),

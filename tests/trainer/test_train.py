@@ -83,7 +83,8 @@ def test_split_is_stable_and_seeded():
 
 @pytest.mark.parametrize("bad", [{"train.anchor": "video"}, {"train.modalities": ["image"]},
                                  {"train.warm_start": "nowhere"}, {"train.warm_start": "default"},
-                                 {"train.init": "ridge", "train.depth": 3}])
+                                 {"train.init": "ridge", "train.depth": 3},
+                                 {"train.refit": True, "train.early_stop_fraction": 0.0}])
 def test_bad_train_config_names_the_key(planted, bad):
     from pipeline.core.manifest import ManifestError
 
@@ -347,3 +348,66 @@ def test_rerunning_an_early_stopped_run_keeps_its_best_epoch(planted):
     assert again["early_stopping"]["epoch_chosen"] == first["early_stopping"]["epoch_chosen"]
     for k in before:
         assert torch.equal(before[k], after[k]), k
+
+
+def test_refit_keeping_the_start_exports_the_ridge_baseline(planted):
+    """refit = true with a ridge start that training only wrecks (lr 5.0): early stopping keeps epoch 0,
+    the refit on every training row (the slice too) is the ridge map of all training rows, which is the
+    eval baseline's map: the formula here, and the same held-out R@1 as the baseline."""
+    from pipeline.core.heads_file import load_heads
+    from trainer.data.rows import load
+
+    output, _ = planted
+    manifest = make_manifest(output, epochs=3, val_fraction=0.25, early_stop_fraction=0.2, patience=5,
+                             init="ridge", refit=True, lr=5.0, dropout=0.0)
+    summary = train.run(manifest)
+    assert summary["early_stopping"]["epoch_chosen"] == 0
+    refit = summary["refit"]
+    assert refit["epochs"] == 0 and refit["train_rows"] == summary["train_rows"] + summary["early_stopping"]["slice_rows"]
+    data = load(manifest.train, manifest.layout)
+    assert refit["train_rows"] == len(data.train_idx)
+    heads, _ = load_heads(manifest.layout.run("default").root)
+    x = np.random.default_rng(1).normal(size=(20, DIMS["audio"]))
+    for m in ("audio", "points"):
+        w, b = _ridge_heads(data, m, refit["init"]["ridge_lambda"][m])
+        xm = x[:, :DIMS[m]]
+        out = heads[m](torch.tensor(xm, dtype=torch.float32)).double().numpy()
+        np.testing.assert_allclose(out, xm @ w + b, rtol=1e-3, atol=1e-3 * np.abs(xm @ w + b).max())
+    metrics = evaluate.run(manifest)
+    for pair in ("text->audio", "audio->text", "text->points", "points->text"):
+        assert metrics[pair]["R@1"] == pytest.approx(metrics["baselines"]["ridge"][pair]["R@1"], abs=1.5 / metrics[pair]["n"])
+
+
+def test_refit_trains_every_row_for_the_kept_epochs_and_reruns_to_the_same_heads(planted):
+    output, _ = planted
+    manifest = make_manifest(output, epochs=5, val_fraction=0.25, early_stop_fraction=0.2, patience=5, refit=True)
+    first = train.run(manifest)
+    assert first["refit"]["epochs"] == first["early_stopping"]["epoch_chosen"] >= 1
+    before = load_file(str(output / "runs/default/heads.safetensors"))
+    again = train.run(manifest)  # the ended run resumes, and the seeded refit gives the same heads
+    assert again["resumed_from_step"] == first["steps"] and again["refit"]["epochs"] == first["refit"]["epochs"]
+    after = load_file(str(output / "runs/default/heads.safetensors"))
+    for k in before:
+        assert torch.equal(before[k], after[k]), k
+    no_refit = make_manifest(output, run="fit-only", epochs=5, val_fraction=0.25, early_stop_fraction=0.2, patience=5)
+    train.run(no_refit)
+    other = load_file(str(output / "runs/fit-only/heads.safetensors"))
+    assert not torch.equal(other["audio.0.weight"], before["audio.0.weight"])  # the refit changed the heads
+
+
+def test_a_warm_start_from_a_refitted_run_starts_from_its_first_fit(planted):
+    """The refit's heads were trained on the early-stopping slice, which a warm-started run scores its start
+    on; so the first fit (slice never trained on) is kept beside them and is what a warm start begins at."""
+    from pipeline.core.heads_file import load_heads
+
+    output, _ = planted
+    opts = {"val_fraction": 0.25, "early_stop_fraction": 0.2, "patience": 5}
+    train.run(make_manifest(output, run="round1", epochs=3, refit=True, **opts))
+    fit, _ = load_heads(output / "runs/round1/first-fit")
+    final, _ = load_heads(output / "runs/round1")
+    assert not torch.equal(fit["audio"][0].weight, final["audio"][0].weight)
+    train.run(make_manifest(output, run="round2", epochs=1, warm_start="round1", lr=1e-9, **opts))
+    second, _ = load_heads(output / "runs/round2")
+    torch.testing.assert_close(second["audio"][0].weight, fit["audio"][0].weight, rtol=1e-5, atol=1e-6)
+    train.run(make_manifest(output, run="round1", epochs=2, **opts))  # retrained without refit: no stale first fit
+    assert not (output / "runs/round1/first-fit").exists()
