@@ -255,6 +255,38 @@ def test_two_process_training_matches_one_process_with_the_global_batch(planted,
         assert torch.allclose(a[k], b[k], atol=1e-3), (k, (a[k] - b[k]).abs().max())
 
 
+DDP_REFIT_SCRIPT = r'''
+import json, os, sys
+from pathlib import Path
+from tests.trainer.conftest import make_manifest
+from trainer import train
+out = Path(sys.argv[1])
+summary = train.run(make_manifest(out, epochs=3, batch_size=64, run="ddp-refit", init="ridge", refit=True,
+                                  val_fraction=0.25, early_stop_fraction=0.2, dropout=0.0))
+if int(os.environ["RANK"]) == 0:
+    (out / "summary.json").write_text(json.dumps(summary))
+'''
+
+
+def test_two_process_ridge_start_and_refit_match_one_process(planted, tmp_path):
+    """The ridge start, the epoch-0 score, early stopping and the refit under torchrun (2 CPU ranks x 64
+    rows) choose the same epochs as 1 rank x 128 rows and export heads that agree closely."""
+    output, _ = planted
+    script = tmp_path / "ddp_refit.py"
+    script.write_text(DDP_REFIT_SCRIPT)
+    proc = torchrun([str(script), str(output)], timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    ddp = json.loads((output / "summary.json").read_text())
+    single = train.run(make_manifest(output, epochs=3, batch_size=128, run="single-refit", init="ridge", refit=True,
+                                     val_fraction=0.25, early_stop_fraction=0.2, dropout=0.0))
+    assert ddp["world_size"] == 2 and ddp["refit"]["epochs"] == single["refit"]["epochs"]
+    assert ddp["early_stopping"]["curve"][0] == pytest.approx(single["early_stopping"]["curve"][0], abs=1e-6)
+    a = load_file(str(output / "runs/ddp-refit/heads.safetensors"))
+    b = load_file(str(output / "runs/single-refit/heads.safetensors"))
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=2e-3), (k, (a[k] - b[k]).abs().max())
+
+
 @pytest.mark.parametrize("override", ["train.queue_size=-1", "train.partial_weight=0", "train.hard_negatives=-2"])
 def test_negative_train_values_are_manifest_errors(planted, override):
     from pipeline.core.manifest import ManifestError
