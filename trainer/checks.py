@@ -50,6 +50,9 @@ def check_init(train: TrainConfig, layout: OutputLayout) -> None:
     if train.init == "ridge" and train.depth > 2:
         raise ManifestError(f"train.init: \"ridge\" starts a head as a linear map, which needs train.depth 1 or 2 "
                             f"(got {train.depth}); set train.init = \"random\" or train.depth = 2")
+    if train.bridge and (train.init != "random" or train.warm_start or train.refit):
+        raise ManifestError("train.bridge: a bridge run trains its own rows from a random start, without early "
+                            "stopping; leave train.init = \"random\", train.warm_start = \"\" and train.refit = false")
     if train.refit and not train.early_stop_fraction:
         raise ManifestError("train.refit: refitting trains for the epochs early stopping kept, and train.early_stop_fraction "
                             "is 0; set it (e.g. 0.1) or set train.refit = false")

@@ -95,7 +95,13 @@ class BestEpoch:
     first: int = 0  # 0-based epoch the curve starts at (a resumed run's; -1 with the initial heads scored)
     curve: list[float] = field(default_factory=list)
     best_epoch: int | None = None
+    best_value: float = float("-inf")  # unrounded: the curve's entries are rounded for the report
     best_state: dict | None = None
+
+    @property
+    def last_scored(self) -> int | None:
+        """The last epoch the curve holds (None: none yet)."""
+        return self.first + len(self.curve) - 1 if self.curve else None
 
     def start(self, value: float, binder: torch.nn.Module) -> None:
         """Score the initial heads as epoch -1 (reported as epoch 0)."""
@@ -105,18 +111,19 @@ class BestEpoch:
     def update(self, epoch: int, value: float, binder: torch.nn.Module) -> bool:
         """Record epoch ``epoch``'s score; True when training should stop."""
         self.curve.append(round(value, 6))
-        if self.best_epoch is None or value > self.curve[self.best_epoch - self.first]:
-            self.best_epoch = epoch
+        if self.best_epoch is None or value > self.best_value:
+            self.best_epoch, self.best_value = epoch, value
             self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in binder.state_dict().items()})
         return epoch - self.best_epoch >= self.patience
 
     def dump(self) -> dict:
         """The state a checkpoint keeps (plain values and tensors: ``torch.load(weights_only=True)`` reads it)."""
-        return {"first": self.first, "curve": self.curve, "best_epoch": self.best_epoch, "best_state": self.best_state}
+        return {"first": self.first, "curve": self.curve, "best_epoch": self.best_epoch, "best_value": self.best_value,
+                "best_state": self.best_state}
 
     def load(self, state: dict) -> None:
         self.first, self.curve = int(state["first"]), list(state["curve"])
-        self.best_epoch, self.best_state = state["best_epoch"], state["best_state"]
+        self.best_epoch, self.best_value, self.best_state = state["best_epoch"], float(state["best_value"]), state["best_state"]
 
     def restore(self, binder: torch.nn.Module) -> None:
         if self.best_state is not None:

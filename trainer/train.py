@@ -81,6 +81,10 @@ def run_fingerprint(train: TrainConfig, layout: OutputLayout, data: CachedData) 
     for arr in (rows.anchor, data.train_idx, *rows.partner.values(), *rows.weight.values(), *rows.bad.values()):
         digest.update(np.ascontiguousarray(arr).tobytes())
     digest.update(getattr(data, "fingerprint", bytes)())  # a bridge run: the bridge it trains on
+    if train.warm_start:  # a retrained source must not be taken for the one this run started from
+        source = layout.run(train.warm_start)
+        for heads in (source.first_fit.heads, source.heads):
+            digest.update(heads.read_bytes() if heads.is_file() else b"-")
     return digest.hexdigest()
 
 
@@ -267,6 +271,19 @@ def end_of_epoch(tr: Trainer, epoch: int, progress: Progress) -> bool:
     return done
 
 
+def resumed_at_unscored_epoch_end(tr: Trainer, step: int) -> bool:
+    """Whether ``step`` ends an epoch the early-stopping curve lacks: a checkpoint saved on an epoch's last
+    step (``checkpoint_every``, ``stop_after_steps``) before that epoch was scored. The loaded weights are
+    that epoch's, so it is scored before training goes on."""
+    if tr.best is None or tr.stop is None or not step or step % tr.steps_per_epoch:
+        return False
+    done = step // tr.steps_per_epoch - 1
+    if tr.best.last_scored is None:
+        tr.best.first = done
+        return True
+    return tr.best.last_scored < done
+
+
 def loop(tr: Trainer, step: int, stop_after_steps: int | None = None) -> Progress:
     """Train from ``step`` to the end: each epoch's seeded blocks, this rank's slice of each step,
     stream read-ahead, a log row every 10 steps, checkpoints every ``checkpoint_every`` steps (or at
@@ -279,6 +296,8 @@ def loop(tr: Trainer, step: int, stop_after_steps: int | None = None) -> Progres
         return progress
     if tr.best is not None and not tr.best.curve:
         tr.best.first = step // tr.steps_per_epoch
+    if resumed_at_unscored_epoch_end(tr, step) and end_of_epoch(tr, step // tr.steps_per_epoch - 1, progress):
+        return progress
     end = t.epochs if tr.until_epoch is None else min(t.epochs, tr.until_epoch)
     with tqdm(total=end * tr.steps_per_epoch, initial=step, desc="train" if tr.checkpoints else "refit",
               disable=not acc.is_main_process) as bar:

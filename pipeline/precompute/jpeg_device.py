@@ -59,10 +59,31 @@ class TorchvisionJpeg:
     def __call__(self, items: Sequence[JpegBytes]) -> torch.Tensor:
         from torchvision.io import ImageReadMode, decode_jpeg
 
-        data = [torch.frombuffer(bytearray(it.data), dtype=torch.uint8) for it in items]
-        images = decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
-        # one resize per image: they have their own sizes until the crop
-        return torch.cat([resize_crop_on_device(im.unsqueeze(0), self.crop) for im in images])
+        crops = []
+        for group in pixel_groups(items, DEVICE_PIXEL_BUDGET):  # full-size decodes are held per group only
+            data = [torch.frombuffer(bytearray(it.data), dtype=torch.uint8) for it in group]
+            images = decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
+            # one resize per image: they have their own sizes until the crop
+            crops.extend(resize_crop_on_device(im.unsqueeze(0), self.crop) for im in images)
+        return torch.cat(crops)
+
+
+DEVICE_PIXEL_BUDGET = 1 << 28  # pixels decoded at full size at once (768 MB of RGB), whatever the batch size
+
+
+def pixel_groups(items: Sequence[JpegBytes], budget: int) -> list[list[JpegBytes]]:
+    """``items`` in order, cut into groups whose header sizes sum to at most ``budget`` pixels (an image
+    larger than the budget, which ``max_pixels`` may allow, is a group of its own)."""
+    groups: list[list[JpegBytes]] = []
+    used = budget
+    for it in items:
+        pixels = it.size[0] * it.size[1]
+        if used + pixels > budget:
+            groups.append([])
+            used = 0
+        groups[-1].append(it)
+        used += pixels
+    return groups
 
 
 class DeviceJpegStep:
@@ -75,7 +96,7 @@ class DeviceJpegStep:
         try:
             return msg.keys, {PIXELS: self.decoder(msg.jpegs).to(self.device)}, []
         except Exception as exc:  # one bad item must not cost the batch: retry item by item
-            log.debug("batched JPEG decode of %d items failed (%s); retrying item by item", len(msg.keys), exc)
+            log.warning("batched JPEG decode of %d items failed (%s); retrying item by item", len(msg.keys), exc)
         keys, crops, bad = [], [], []
         for key, item in zip(msg.keys, msg.jpegs, strict=True):
             try:

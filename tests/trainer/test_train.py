@@ -84,7 +84,9 @@ def test_split_is_stable_and_seeded():
 @pytest.mark.parametrize("bad", [{"train.anchor": "video"}, {"train.modalities": ["image"]},
                                  {"train.warm_start": "nowhere"}, {"train.warm_start": "default"},
                                  {"train.init": "ridge", "train.depth": 3},
-                                 {"train.refit": True, "train.early_stop_fraction": 0.0}])
+                                 {"train.refit": True, "train.early_stop_fraction": 0.0},
+                                 {"train.bridge": "somewhere", "train.refit": True},
+                                 {"train.init": "ridge", "train.in_memory": "stream"}])
 def test_bad_train_config_names_the_key(planted, bad):
     from pipeline.core.manifest import ManifestError
 
@@ -443,3 +445,33 @@ def test_a_warm_start_from_a_refitted_run_starts_from_its_first_fit(planted):
     torch.testing.assert_close(second["audio"][0].weight, fit["audio"][0].weight, rtol=1e-5, atol=1e-6)
     train.run(make_manifest(output, run="round1", epochs=2, **opts))  # retrained without refit: no stale first fit
     assert not (output / "runs/round1/first-fit").exists()
+
+
+def test_a_run_resumed_at_an_epochs_end_scores_that_epoch_first(planted):
+    """A checkpoint saved on an epoch's last step (here by stop_after_steps) comes before that epoch is
+    scored; the resumed run scores it first, so its curve, chosen epoch and heads equal an uninterrupted run's."""
+    output, _ = planted
+    opts = {"epochs": 5, "val_fraction": 0.25, "early_stop_fraction": 0.2, "patience": 5, "init": "ridge",
+            "dropout": 0.0}
+    straight = train.run(make_manifest(output, run="straight", **opts))
+    per_epoch = math.ceil(straight["train_rows"] / 64)
+    stopped = train.run(make_manifest(output, run="resumed", **opts), stop_after_steps=2 * per_epoch)
+    assert stopped["stopped_at"] == 2 * per_epoch
+    resumed = train.run(make_manifest(output, run="resumed", **opts))
+    assert resumed["resumed_from_step"] == 2 * per_epoch
+    assert resumed["early_stopping"]["curve"] == straight["early_stopping"]["curve"]
+    assert resumed["early_stopping"]["epoch_chosen"] == straight["early_stopping"]["epoch_chosen"]
+    a = load_file(str(output / "runs/straight/heads.safetensors"))
+    b = load_file(str(output / "runs/resumed/heads.safetensors"))
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_a_warm_started_run_retrains_when_its_source_was_retrained(planted):
+    output, _ = planted
+    train.run(make_manifest(output, run="source", epochs=2))
+    first = train.run(make_manifest(output, run="follower", epochs=1, warm_start="source"))
+    assert train.run(make_manifest(output, run="follower", epochs=1, warm_start="source"))["resumed_from_step"] == first["steps"]
+    train.run(make_manifest(output, run="source", epochs=3))  # the source changes
+    again = train.run(make_manifest(output, run="follower", epochs=1, warm_start="source"))
+    assert again["resumed_from_step"] == 0

@@ -29,6 +29,7 @@ from torch import nn
 
 from pipeline.core.heads_file import load_heads
 from pipeline.core.layout import RunLayout
+from pipeline.core.manifest import ManifestError
 from trainer.data.rows import CachedData
 from trainer.eval.baselines import cv_lambda, fit_ridge, training_pairs
 from trainer.model.heads import Binder
@@ -83,6 +84,9 @@ def set_linear_map(head: nn.Sequential, w: torch.Tensor, b: torch.Tensor) -> tup
 def ridge_init(binder: Binder, data: CachedData, seed: int) -> InitReport:
     """Start every head of ``binder`` as the ridge map (λ by cross-validation) of the rows it is fitted on
     (``data.train_idx``: the early-stopping slice and the held-out split are not used)."""
+    if data.streaming:
+        raise ManifestError("train.init: \"ridge\" solves on every training pair at once, and this run streams its "
+                            "vectors (train.in_memory / train.memory_gb); set train.init = \"random\" or give it the memory")
     report = InitReport("ridge")
     for m in binder.modalities:
         x, t = training_pairs(data, m)

@@ -229,3 +229,17 @@ def test_nvjpeg_batched_decode_matches_the_pillow_path_on_real_photos():
     full, worker, cos = compare_paths(TorchvisionJpeg(CropPreprocessor(224, (224, 224), 3), cuda), cuda)
     print(f"nvJPEG vs Pillow: worst mean abs diff {full:.3f} (full decode), {worker:.3f} (worker), cosine {cos:.5f}")
     assert full <= FULL_LEVELS and worker <= WORKER_LEVELS and cos >= MIN_COSINE, (full, worker, cos)
+
+
+def test_device_decodes_are_grouped_by_a_pixel_budget():
+    """Groups keep the batch order and hold at most the budget's pixels; an image over it stands alone."""
+    from pipeline.ingest.decode.jpeg_route import JpegBytes
+    from pipeline.precompute.jpeg_device import pixel_groups
+
+    sizes = [(100, 100), (50, 100), (200, 100), (10, 10), (300, 300), (1, 1)]
+    items = [JpegBytes(b"", "jpg", s) for s in sizes]
+    groups = pixel_groups(items, budget=20_000)
+    assert [it for g in groups for it in g] == items
+    assert [[it.size for it in g] for g in groups] == [[(100, 100), (50, 100)], [(200, 100)], [(10, 10)],
+                                                        [(300, 300)], [(1, 1)]]
+    assert all(sum(w * h for w, h in (it.size for it in g)) <= 20_000 for g in groups if len(g) > 1)
