@@ -265,7 +265,9 @@ def end_of_epoch(tr: Trainer, epoch: int, progress: Progress) -> bool:
     last = done or progress.step == tr.total
     if not tr.checkpoints:
         return done
-    if last or (not tr.train.checkpoint_every and time.perf_counter() - progress.saved_at > EPOCH_SAVE_S):
+    every = tr.train.checkpoint_every
+    if last or (every and progress.step % every == 0) or (
+            not every and time.perf_counter() - progress.saved_at > EPOCH_SAVE_S):
         save_checkpoint(tr, progress.step, finished=last)
         progress.saved_at = time.perf_counter()
     return done
@@ -319,7 +321,9 @@ def loop(tr: Trainer, step: int, stop_after_steps: int | None = None) -> Progres
                     save_checkpoint(tr, progress.step)
                     progress.stopped = True
                     return progress
-                if tr.checkpoints and t.checkpoint_every and progress.step % t.checkpoint_every == 0:
+                # an epoch's last step is saved by end_of_epoch, after the epoch is scored (and only once)
+                if (tr.checkpoints and t.checkpoint_every and progress.step % t.checkpoint_every == 0
+                        and progress.step % tr.steps_per_epoch):
                     save_checkpoint(tr, progress.step)
             if end_of_epoch(tr, epoch, progress):
                 break

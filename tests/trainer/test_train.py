@@ -475,3 +475,22 @@ def test_a_warm_started_run_retrains_when_its_source_was_retrained(planted):
     train.run(make_manifest(output, run="source", epochs=3))  # the source changes
     again = train.run(make_manifest(output, run="follower", epochs=1, warm_start="source"))
     assert again["resumed_from_step"] == 0
+
+
+def test_checkpoints_at_epoch_ends_are_saved_once_after_scoring(planted, monkeypatch):
+    """checkpoint_every = one epoch: each epoch's checkpoint is written once, by the end-of-epoch step, when
+    that epoch's score is already in the saved curve (the last one marked ended)."""
+    output, _ = planted
+    opts = {"val_fraction": 0.25, "early_stop_fraction": 0.2, "patience": 5}
+    probe = train.run(make_manifest(output, run="probe", epochs=1, **opts))
+    per_epoch = probe["steps"]
+    saved: list[tuple[int, int, bool]] = []
+    real = train.save_checkpoint
+
+    def spy(tr, step, finished=False):
+        saved.append((step, len(tr.best.curve), finished))
+        real(tr, step, finished)
+
+    monkeypatch.setattr(train, "save_checkpoint", spy)
+    train.run(make_manifest(output, run="every-epoch", epochs=3, checkpoint_every=per_epoch, **opts))
+    assert saved == [(per_epoch, 1, False), (2 * per_epoch, 2, False), (3 * per_epoch, 3, True)]
