@@ -12,7 +12,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from pipeline.core.layout import OutputLayout, RunLayout
+from pipeline.core.layout import HEADS_FILE, OutputLayout, RunLayout
 from pipeline.core.manifest import EvalConfig, ManifestError, TrainConfig
 from pipeline.core.store import read_metadata, stored_modalities
 from trainer.data import emm1
@@ -63,9 +63,13 @@ def check_init(train: TrainConfig, layout: OutputLayout) -> None:
                             "from (e.g. round 1's) or set it to \"\"")
     source = layout.run(train.warm_start)
     if not source.heads.is_file():
-        runs = sorted(p.parent.name for p in layout.runs_root.glob(f"*/{source.heads.name}"))
         raise ManifestError(f"train.warm_start: run {train.warm_start!r} has no exported heads ({source.heads}); "
-                            f"train it first or name a trained run ({runs or 'none yet'})")
+                            f"train it first or name a trained run ({trained_runs(layout) or 'none yet'})")
+
+
+def trained_runs(layout: OutputLayout) -> list[str]:
+    """The runs under ``<output>/runs/`` that have exported heads (for the messages naming a run)."""
+    return sorted(p.parent.name for p in layout.runs_root.glob(f"*/{HEADS_FILE}"))
 
 
 def check_triples(path: str) -> None:
@@ -109,9 +113,9 @@ def check_eval_run(evaluation: EvalConfig, train: TrainConfig, layout: OutputLay
     run = layout.run(evaluation.run or train.run)
     if not run.heads.is_file():
         key = "eval.run" if evaluation.run else "eval.run (empty, so train.run)"
-        runs = sorted(p.parent.name for p in layout.runs_root.glob(f"*/{run.heads.name}"))
         raise ManifestError(f"{key}: run {run.root.name!r} has no exported heads ({run.heads}); "
-                            f"train it with `bindery train` or set eval.run to a trained run ({runs or 'none yet'})")
+                            f"train it with `bindery train` or set eval.run to a trained run "
+                            f"({trained_runs(layout) or 'none yet'})")
     return run
 
 

@@ -182,8 +182,10 @@ def setup(train: TrainConfig, layout: OutputLayout, accelerator, data: CachedDat
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(min(train.warmup_steps, total), total))
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler, loss_fn)
+    # a refit never saves or resumes a checkpoint, so it has no fingerprint to match
+    fingerprint = "" if refitting else run_fingerprint(train, layout, data)
     return Trainer(train, layout.run(train.run), accelerator, data, model, loss_fn, optimizer, scheduler,
-                   steps_per_epoch, total, run_fingerprint(train, layout, data), init)
+                   steps_per_epoch, total, fingerprint, init)
 
 
 def initialise(train: TrainConfig, layout: OutputLayout, model: Binder, data: CachedData,
@@ -279,11 +281,8 @@ def resumed_at_unscored_epoch_end(tr: Trainer, step: int) -> bool:
     that epoch's, so it is scored before training goes on."""
     if tr.best is None or tr.stop is None or not step or step % tr.steps_per_epoch:
         return False
-    done = step // tr.steps_per_epoch - 1
-    if tr.best.last_scored is None:
-        tr.best.first = done
-        return True
-    return tr.best.last_scored < done
+    last = tr.best.last_scored
+    return last is None or last < step // tr.steps_per_epoch - 1
 
 
 def loop(tr: Trainer, step: int, stop_after_steps: int | None = None) -> Progress:
@@ -296,9 +295,10 @@ def loop(tr: Trainer, step: int, stop_after_steps: int | None = None) -> Progres
     ahead, progress = read_ahead(tr), Progress(step)
     if tr.finished:  # the checkpoint is of an ended run: nothing left to train
         return progress
+    unscored = resumed_at_unscored_epoch_end(tr, step)
     if tr.best is not None and not tr.best.curve:
-        tr.best.first = step // tr.steps_per_epoch
-    if resumed_at_unscored_epoch_end(tr, step) and end_of_epoch(tr, step // tr.steps_per_epoch - 1, progress):
+        tr.best.first = step // tr.steps_per_epoch - unscored
+    if unscored and end_of_epoch(tr, step // tr.steps_per_epoch - 1, progress):
         return progress
     end = t.epochs if tr.until_epoch is None else min(t.epochs, tr.until_epoch)
     with tqdm(total=end * tr.steps_per_epoch, initial=step, desc="train" if tr.checkpoints else "refit",

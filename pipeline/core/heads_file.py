@@ -25,7 +25,7 @@ from pipeline.core.layout import HEADS_FILE, RunLayout
 from pipeline.core.layout import RUN_CONFIG_FILE as CONFIG_FILE
 from pipeline.core.store import atomic_write, atomic_write_text
 
-__all__ = ["HEADS_FILE", "CONFIG_FILE", "plain_head", "head_spec", "save_heads", "load_heads", "project"]
+__all__ = ["HEADS_FILE", "CONFIG_FILE", "linears", "plain_head", "head_spec", "save_heads", "load_heads", "project"]
 
 
 def _run_layout(run_dir: str | Path | RunLayout) -> RunLayout:
@@ -42,9 +42,13 @@ def plain_head(layers: list[list[int]] | list[tuple[int, int]]) -> nn.Sequential
     return nn.Sequential(*mods)
 
 
+def linears(head: nn.Sequential) -> list[nn.Linear]:
+    """The head's Linear layers in order (ReLU and Dropout left out)."""
+    return [m for m in head if isinstance(m, nn.Linear)]
+
+
 def head_spec(head: nn.Sequential, space: str) -> dict[str, Any]:
-    linears = [m for m in head if isinstance(m, nn.Linear)]
-    return {"layers": [[m.in_features, m.out_features] for m in linears], "activation": "relu",
+    return {"layers": [[m.in_features, m.out_features] for m in linears(head)], "activation": "relu",
             "normalize": True, "space": space}
 
 

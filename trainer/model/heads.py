@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.core.heads_file import plain_head
+from pipeline.core.heads_file import linears, plain_head
 from trainer.batch import Batch, Features
 
 
@@ -33,9 +33,9 @@ def make_head(d_in: int, d_out: int, hidden: int = 2048, depth: int = 2, dropout
 
 def to_plain(head: nn.Sequential) -> nn.Sequential:
     """The same head as a plain ``Linear, ReLU, Linear...`` Sequential (dropout removed), weights copied."""
-    linears = [m for m in head if isinstance(m, nn.Linear)]
-    plain = plain_head([[m.in_features, m.out_features] for m in linears])
-    for src, dst in zip(linears, [m for m in plain if isinstance(m, nn.Linear)], strict=True):
+    layers = linears(head)
+    plain = plain_head([[m.in_features, m.out_features] for m in layers])
+    for src, dst in zip(layers, linears(plain), strict=True):
         dst.load_state_dict(src.state_dict())
     return plain
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from pipeline.core.heads_file import load_heads
+from pipeline.core.heads_file import linears, load_heads
 from pipeline.core.layout import RunLayout
 from pipeline.core.manifest import ManifestError
 from trainer.data.rows import CachedData
@@ -49,10 +49,6 @@ class InitReport:
 
     def to_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if v not in ("", {})}
-
-
-def linears(head: nn.Sequential) -> list[nn.Linear]:
-    return [m for m in head if isinstance(m, nn.Linear)]
 
 
 @torch.no_grad()
