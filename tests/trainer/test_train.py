@@ -228,13 +228,29 @@ def test_bad_config_values_exit_2_naming_the_key(planted, capsys, command, overr
 DDP_SCRIPT = r'''
 import json, os, sys
 from pathlib import Path
-from tests.trainer.conftest import DIMS, load_checked, make_manifest
+from tests.trainer.conftest import make_manifest
 from trainer import train
 out = Path(sys.argv[1])
-summary = train.run(make_manifest(out, epochs=2, batch_size=64, run="ddp"))
+summary = train.run(make_manifest(out, **json.loads(sys.argv[2])))
 if int(os.environ["RANK"]) == 0:
     (out / "summary.json").write_text(json.dumps(summary))
 '''
+
+
+def two_ranks(output: Path, tmp_path: Path, **train_opts) -> dict:
+    """``train.run`` under torchrun on 2 CPU ranks with these [train] keys; rank 0's summary."""
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    proc = torchrun([str(script), str(output), json.dumps(train_opts)], timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    return json.loads((output / "summary.json").read_text())
+
+
+def assert_heads_close(output: Path, run_a: str, run_b: str, atol: float) -> None:
+    a = load_file(str(output / f"runs/{run_a}/heads.safetensors"))
+    b = load_file(str(output / f"runs/{run_b}/heads.safetensors"))
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=atol), (k, (a[k] - b[k]).abs().max())
 
 
 def test_two_process_training_matches_one_process_with_the_global_batch(planted, tmp_path):
@@ -242,51 +258,25 @@ def test_two_process_training_matches_one_process_with_the_global_batch(planted,
     same loss per step; DDP averages the ranks' local-slice gradients (half the full gradient),
     which AdamW's normalisation cancels up to its eps, so the heads agree closely."""
     output, _ = planted
-    script = tmp_path / "ddp.py"
-    script.write_text(DDP_SCRIPT)
-    proc = torchrun([str(script), str(output)], timeout=180)
-    assert proc.returncode == 0, proc.stdout[-3000:]
-    summary = json.loads((output / "summary.json").read_text())
+    summary = two_ranks(output, tmp_path, epochs=2, batch_size=64, run="ddp")
     assert summary["world_size"] == 2 and summary["steps"] == 2 * math.ceil(summary["train_rows"] / 128)
     single = train.run(make_manifest(output, epochs=2, batch_size=128, run="single"))
     assert single["world_size"] == 1 and single["steps"] == summary["steps"]
     assert single["final_loss"] == pytest.approx(summary["final_loss"], rel=1e-3)
-    a = load_file(str(output / "runs/ddp/heads.safetensors"))
-    b = load_file(str(output / "runs/single/heads.safetensors"))
-    for k in a:
-        assert torch.allclose(a[k], b[k], atol=1e-3), (k, (a[k] - b[k]).abs().max())
-
-
-DDP_REFIT_SCRIPT = r'''
-import json, os, sys
-from pathlib import Path
-from tests.trainer.conftest import make_manifest
-from trainer import train
-out = Path(sys.argv[1])
-summary = train.run(make_manifest(out, epochs=3, batch_size=64, run="ddp-refit", init="ridge", refit=True,
-                                  val_fraction=0.25, early_stop_fraction=0.2, dropout=0.0))
-if int(os.environ["RANK"]) == 0:
-    (out / "summary.json").write_text(json.dumps(summary))
-'''
+    assert_heads_close(output, "ddp", "single", atol=1e-3)
 
 
 def test_two_process_ridge_start_and_refit_match_one_process(planted, tmp_path):
     """The ridge start, the epoch-0 score, early stopping and the refit under torchrun (2 CPU ranks x 64
     rows) choose the same epochs as 1 rank x 128 rows and export heads that agree closely."""
     output, _ = planted
-    script = tmp_path / "ddp_refit.py"
-    script.write_text(DDP_REFIT_SCRIPT)
-    proc = torchrun([str(script), str(output)], timeout=180)
-    assert proc.returncode == 0, proc.stdout[-3000:]
-    ddp = json.loads((output / "summary.json").read_text())
-    single = train.run(make_manifest(output, epochs=3, batch_size=128, run="single-refit", init="ridge", refit=True,
-                                     val_fraction=0.25, early_stop_fraction=0.2, dropout=0.0))
+    opts = {"epochs": 3, "init": "ridge", "refit": True, "val_fraction": 0.25, "early_stop_fraction": 0.2,
+            "dropout": 0.0}
+    ddp = two_ranks(output, tmp_path, batch_size=64, run="ddp-refit", **opts)
+    single = train.run(make_manifest(output, batch_size=128, run="single-refit", **opts))
     assert ddp["world_size"] == 2 and ddp["refit"]["epochs"] == single["refit"]["epochs"]
     assert ddp["early_stopping"]["curve"][0] == pytest.approx(single["early_stopping"]["curve"][0], abs=1e-6)
-    a = load_file(str(output / "runs/ddp-refit/heads.safetensors"))
-    b = load_file(str(output / "runs/single-refit/heads.safetensors"))
-    for k in a:
-        assert torch.allclose(a[k], b[k], atol=2e-3), (k, (a[k] - b[k]).abs().max())
+    assert_heads_close(output, "ddp-refit", "single-refit", atol=2e-3)
 
 
 @pytest.mark.parametrize("override", ["train.queue_size=-1", "train.partial_weight=0", "train.hard_negatives=-2"])
