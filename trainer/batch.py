@@ -27,6 +27,7 @@ class ModalityBatch:
     weight: torch.Tensor  # (B,) loss weight of the (anchor, partner) pair (partial ratings < 1)
     bad: torch.Tensor | None = None  # (B, d) rated bad partner vectors, zeros where none
     bad_mask: torch.Tensor | None = None  # (B,) bool: the row has a rated bad partner
+    raw: torch.Tensor | None = None  # (B, d_anchor) in Features only: the head's output before L2-normalising
 
     def __post_init__(self) -> None:
         if (self.bad is None) != (self.bad_mask is None):
@@ -36,7 +37,7 @@ class ModalityBatch:
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.to(device, non_blocking=True)
         return ModalityBatch(move(self.vectors), move(self.mask), move(self.weight), move(self.bad),
-                             move(self.bad_mask))
+                             move(self.bad_mask), move(self.raw))
 
     def replace(self, **changes) -> ModalityBatch:
         return dataclasses.replace(self, **changes)

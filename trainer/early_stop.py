@@ -8,7 +8,9 @@ projected modality the mean reciprocal rank of each partner's own anchor among t
 and the reverse, averaged over both directions, then over the modalities weighted by their pairs
 (every truth pair counts once: a modality with 4 slice pairs must not weigh as much as one with 50). The best epoch's weights are kept
 and exported (epoch 0, the initial heads, when they score best and were fitted: ``train.init = "ridge"``
-or a warm start); training stops after ``train.patience`` epochs without a better score.
+or a warm start); training stops after ``train.patience`` epochs without a better score. Each
+direction's MRR is kept beside the curve (``curve_by_direction``), so a reader sees when the average
+hides one direction falling below the start.
 """
 
 from __future__ import annotations
@@ -65,21 +67,31 @@ def mean_reciprocal_rank(q: torch.Tensor, g: torch.Tensor) -> float:
     return float((1.0 / (ranks.float() + 1)).mean())
 
 
+@dataclass(frozen=True)
+class SliceScore:
+    """One scoring of the slice: the value early stopping compares, and each direction's MRR."""
+
+    value: float  # the directions averaged per modality, then over the modalities weighted by pairs; NaN if empty
+    directions: dict[str, float] = field(default_factory=dict)  # "m->anchor" / "anchor->m": that direction's MRR
+
+
 @torch.no_grad()
-def score(binder: torch.nn.Module, data: CachedData, stop: StopSlice) -> float:
-    """The slice's retrieval score of ``binder`` (eval mode for the call; NaN when the slice is empty)."""
+def score(binder: torch.nn.Module, data: CachedData, stop: StopSlice) -> SliceScore:
+    """The slice's retrieval score of ``binder`` with each direction's part (eval mode for the call)."""
     was_training = binder.training
     binder.eval()
-    values, weights = [], []
+    values, weights, directions = [], [], {}
     for m, (a, p) in stop.pairs.items():
         if len(a) < 2:
             continue
         anchor = F.normalize(data.vectors[data.anchor][a.to(data.device)].float(), dim=-1)
         proj = binder.project(m, data.vectors[m][p.to(data.device)].float())
-        values.append(0.5 * (mean_reciprocal_rank(proj, anchor) + mean_reciprocal_rank(anchor, proj)))
+        to_anchor, from_anchor = mean_reciprocal_rank(proj, anchor), mean_reciprocal_rank(anchor, proj)
+        directions[f"{m}->{data.anchor}"], directions[f"{data.anchor}->{m}"] = to_anchor, from_anchor
+        values.append(0.5 * (to_anchor + from_anchor))
         weights.append(len(a))
     binder.train(was_training)
-    return float(np.average(values, weights=weights)) if values else float("nan")
+    return SliceScore(float(np.average(values, weights=weights)) if values else float("nan"), directions)
 
 
 @dataclass
@@ -94,6 +106,7 @@ class BestEpoch:
     patience: int
     first: int = 0  # 0-based epoch the curve starts at (a resumed run's; -1 with the initial heads scored)
     curve: list[float] = field(default_factory=list)
+    directions: dict[str, list[float]] = field(default_factory=dict)  # each direction's MRR per scored epoch
     best_epoch: int | None = None
     best_value: float = float("-inf")  # unrounded: the curve's entries are rounded for the report
     best_state: dict | None = None
@@ -103,14 +116,17 @@ class BestEpoch:
         """The last epoch the curve holds (None: none yet)."""
         return self.first + len(self.curve) - 1 if self.curve else None
 
-    def start(self, value: float, binder: torch.nn.Module) -> None:
+    def start(self, scored: SliceScore, binder: torch.nn.Module) -> None:
         """Score the initial heads as epoch -1 (reported as epoch 0)."""
         self.first = -1
-        self.update(-1, value, binder)
+        self.update(-1, scored, binder)
 
-    def update(self, epoch: int, value: float, binder: torch.nn.Module) -> bool:
+    def update(self, epoch: int, scored: SliceScore, binder: torch.nn.Module) -> bool:
         """Record epoch ``epoch``'s score; True when training should stop."""
+        value = scored.value
         self.curve.append(round(value, 6))
+        for direction, v in scored.directions.items():
+            self.directions.setdefault(direction, []).append(round(v, 6))
         if self.best_epoch is None or value > self.best_value:
             self.best_epoch, self.best_value = epoch, value
             self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in binder.state_dict().items()})
@@ -118,11 +134,12 @@ class BestEpoch:
 
     def dump(self) -> dict:
         """The state a checkpoint keeps (plain values and tensors: ``torch.load(weights_only=True)`` reads it)."""
-        return {"first": self.first, "curve": self.curve, "best_epoch": self.best_epoch, "best_value": self.best_value,
-                "best_state": self.best_state}
+        return {"first": self.first, "curve": self.curve, "directions": self.directions, "best_epoch": self.best_epoch,
+                "best_value": self.best_value, "best_state": self.best_state}
 
     def load(self, state: dict) -> None:
         self.first, self.curve = int(state["first"]), list(state["curve"])
+        self.directions = {k: list(v) for k, v in state.get("directions", {}).items()}
         self.best_epoch, self.best_value, self.best_state = state["best_epoch"], float(state["best_value"]), state["best_state"]
 
     def restore(self, binder: torch.nn.Module) -> None:
@@ -133,7 +150,8 @@ class BestEpoch:
         return {"metric": "mean reciprocal rank of own-caption pairs, both directions, modalities weighted by pairs",
                 "slice_rows": stop.rows, "slice_pairs": {m: len(a) for m, (a, _) in stop.pairs.items()},
                 "epoch_chosen": self.best_epoch + 1 if self.best_epoch is not None else None,
-                "first_epoch": self.first + 1, "curve": self.curve, "patience": self.patience}
+                "first_epoch": self.first + 1, "curve": self.curve, "curve_by_direction": self.directions,
+                "patience": self.patience}
 
 
 def plot_curve(path: Path, report: dict, run: str) -> None:

@@ -173,7 +173,8 @@ def setup(train: TrainConfig, layout: OutputLayout, accelerator, data: CachedDat
     loss_fn = make_loss(train.loss, modalities=data.modalities, dim=dims[train.anchor], gather=train.gather,
                         local_loss=train.local_loss, hard_negatives=train.hard_negatives,
                         queue_size=train.queue_size, cyclip_in_modal=train.cyclip_in_modal,
-                        cyclip_cross_modal=train.cyclip_cross_modal).to(accelerator.device)
+                        cyclip_cross_modal=train.cyclip_cross_modal,
+                        regression_weight=train.regression_weight).to(accelerator.device)
     optimizer = make_optimizer(model, train.lr, train.weight_decay)
     steps_per_epoch = epoch_blocks(len(data.train_idx), 0, train.seed, train.batch_size,
                                    accelerator.num_processes).shape[0]
@@ -258,9 +259,9 @@ def end_of_epoch(tr: Trainer, epoch: int, progress: Progress) -> bool:
     """Score the early-stopping slice (True: stop now) and save a checkpoint when due."""
     done = False
     if tr.best is not None and tr.stop is not None:
-        value = score(tr.binder, tr.data, tr.stop)
-        tr.accelerator.log({"val_mrr": value}, step=progress.step)
-        done = tr.best.update(epoch, value, tr.binder)
+        scored = score(tr.binder, tr.data, tr.stop)
+        tr.accelerator.log({"val_mrr": scored.value}, step=progress.step)
+        done = tr.best.update(epoch, scored, tr.binder)
         if done:
             log.info("early stop after epoch %d: no better validation score since epoch %d",
                      epoch + 1, tr.best.best_epoch + 1)  # epoch 0: the initial heads

@@ -170,6 +170,7 @@ class TrainConfig:
     queue_size: int = 0  # cross-batch memory queue of negatives; 0 = off
     cyclip_in_modal: float = 0.0  # CyCLIP in-modal consistency weight
     cyclip_cross_modal: float = 0.0  # CyCLIP cross-modal consistency weight
+    regression_weight: float = 0.0  # weight of ridge's objective ||head(x) - anchor||^2 (unnormalised output) added to the loss; 0 = plain InfoNCE
     gather: bool = True  # gather features across ranks for the loss
     local_loss: bool = False  # open_clip's local loss: local rows against gathered columns
     in_memory: str = "auto"  # auto | gpu | stream: where the cached dataset lives
@@ -505,7 +506,7 @@ def _check_train(m: Manifest) -> None:
     if not 0.0 < t.val_fraction < 1.0:
         raise ManifestError(f"train.val_fraction: must be in (0, 1), got {t.val_fraction}")
     for key in ("hard_negatives", "queue_size", "checkpoint_every", "warmup_steps", "cyclip_in_modal",
-                "cyclip_cross_modal"):
+                "cyclip_cross_modal", "regression_weight"):
         _non_negative(f"train.{key}", getattr(t, key))
     _non_negative("train.memory_gb", t.memory_gb, zero="derive it from free memory")
     if not 0.0 <= t.early_stop_fraction < 1.0:

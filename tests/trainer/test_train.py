@@ -118,11 +118,16 @@ def test_early_stopping_exports_the_best_epoch_of_a_training_side_slice(planted)
     assert not set(fit) & set(data.val_idx) and len(fit) == summary["train_rows"]
     heads, _ = load_heads(manifest.layout.run("default").root)
     values, weights = [], []
+    best = stop["epoch_chosen"] - stop["first_epoch"]
     for m, (a, p) in slice_.pairs.items():
         anchor = torch.nn.functional.normalize(data.vectors["text"][a].float(), dim=-1)
         proj = torch.nn.functional.normalize(heads[m](data.vectors[m][p].float()), dim=-1)
-        values.append(0.5 * (mean_reciprocal_rank(proj, anchor) + mean_reciprocal_rank(anchor, proj)))
+        to_text, from_text = mean_reciprocal_rank(proj, anchor), mean_reciprocal_rank(anchor, proj)
+        assert stop["curve_by_direction"][f"{m}->text"][best] == pytest.approx(to_text, abs=1e-5)
+        assert stop["curve_by_direction"][f"text->{m}"][best] == pytest.approx(from_text, abs=1e-5)
+        values.append(0.5 * (to_text + from_text))
         weights.append(len(a))  # every truth pair counts once
+    assert all(len(v) == len(stop["curve"]) for v in stop["curve_by_direction"].values())
     assert sum(v * w for v, w in zip(values, weights, strict=True)) / sum(weights) == pytest.approx(
         max(stop["curve"]), abs=1e-5)
 
@@ -339,6 +344,15 @@ def test_ridge_init_starts_at_the_ridge_map_and_keeps_it_when_training_hurts(pla
         xm = x[:, :DIMS[m]]
         out = heads[m](torch.tensor(xm, dtype=torch.float32)).double().numpy()
         np.testing.assert_allclose(out, xm @ w + b, rtol=1e-3, atol=1e-3 * np.abs(xm @ w + b).max())
+
+
+def test_a_warm_start_from_heads_of_another_shape_names_the_key(planted):
+    from pipeline.core.manifest import ManifestError
+
+    output, _ = planted
+    train.run(make_manifest(output, epochs=1, run="narrow", hidden=32))
+    with pytest.raises(ManifestError, match=r"train\.warm_start: .*'narrow'.*train\.hidden"):
+        train.run(make_manifest(output, epochs=1, run="wide", warm_start="narrow", hidden=64))
 
 
 def test_warm_start_begins_at_the_named_runs_heads(planted):

@@ -13,7 +13,9 @@ in the batch the symmetric InfoNCE between the anchor and ``m``, with
 * optional in-batch hard-negative mining: only the ``hard_negatives`` most similar in-batch
   negatives stay in each row's denominator;
 * an optional cross-batch memory queue of past features as extra negatives (:mod:`trainer.losses.queue`);
-* optional CyCLIP in-modal and cross-modal cycle-consistency terms (:mod:`trainer.losses.cyclip`).
+* optional CyCLIP in-modal and cross-modal cycle-consistency terms (:mod:`trainer.losses.cyclip`);
+* an optional regression term, ridge's least-squares objective on the heads' unnormalised output
+  (:mod:`trainer.losses.regression`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from trainer.batch import Features, ModalityBatch
 from trainer.losses.cyclip import cyclip_terms
 from trainer.losses.gather import gather_features, rank_and_world
 from trainer.losses.queue import NegativeQueue
+from trainer.losses.regression import regression_term
 
 NEG_INF = float("-inf")
 
@@ -84,8 +87,9 @@ class BindLoss(nn.Module):
 
     def __init__(self, modalities: list[str], dim: int, gather: bool = True, local_loss: bool = False,
                  hard_negatives: int = 0, queue_size: int = 0, cyclip_in_modal: float = 0.0,
-                 cyclip_cross_modal: float = 0.0):
+                 cyclip_cross_modal: float = 0.0, regression_weight: float = 0.0):
         super().__init__()
+        self.regression_weight = regression_weight
         self.modalities, self.gather, self.local_loss = list(modalities), gather, local_loss
         self.hard_negatives, self.queue_size = hard_negatives, queue_size
         self.cyclip_in, self.cyclip_cross = cyclip_in_modal, cyclip_cross_modal
@@ -103,6 +107,9 @@ class BindLoss(nn.Module):
         for m in self.modalities:
             side = out.modalities[m]
             total = total + 0.0 * side.vectors.sum()  # keeps every head in the graph when m is absent (DDP)
+            if self.regression_weight and side.mask.any():  # per row: the local rows, before the gather
+                terms[f"regression_{m}"] = regression_term(out.anchor, side)
+                total = total + self.regression_weight * terms[f"regression_{m}"]
             side = gather_side(side, g)
             if not side.mask.any():
                 continue

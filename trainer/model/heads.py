@@ -62,10 +62,13 @@ class Binder(nn.Module):
     def scale(self) -> torch.Tensor:
         return self.logit_scale.exp().clamp(max=self.max_scale)
 
+    def project_raw(self, modality: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The head's output before and after L2-normalising (``train.regression_weight`` reads the first)."""
+        raw = (self.heads[modality](x) if modality in self.heads else x).float()
+        return raw, F.normalize(raw, dim=-1)
+
     def project(self, modality: str, x: torch.Tensor) -> torch.Tensor:
-        if modality in self.heads:
-            x = self.heads[modality](x)
-        return F.normalize(x.float(), dim=-1)
+        return self.project_raw(modality, x)[1]
 
     def forward(self, batch: Batch) -> Features:
         sides = {}
@@ -73,8 +76,9 @@ class Binder(nn.Module):
             side = batch.modalities[m]
             if side.bad is not None:  # rated hard negatives go through the same head in one call
                 n = side.vectors.shape[0]
-                both = self.project(m, torch.cat([side.vectors, side.bad]))
-                sides[m] = side.replace(vectors=both[:n], bad=both[n:])
+                raw, unit = self.project_raw(m, torch.cat([side.vectors, side.bad]))
+                sides[m] = side.replace(vectors=unit[:n], bad=unit[n:], raw=raw[:n])
             else:
-                sides[m] = side.replace(vectors=self.project(m, side.vectors))
+                raw, unit = self.project_raw(m, side.vectors)
+                sides[m] = side.replace(vectors=unit, raw=raw)
         return Features(F.normalize(batch.anchor.float(), dim=-1), sides, self.scale())

@@ -107,12 +107,12 @@ def warm_start(binder: Binder, run: RunLayout) -> InitReport:
     heads, config = load_heads(run)
     for m in binder.modalities:
         if m not in heads:
-            raise ValueError(f"train.warm_start: run {run.root.name!r} has no head for {m!r} "
+            raise ManifestError(f"train.warm_start: run {run.root.name!r} has no head for {m!r} "
                              f"(it has {sorted(heads)}); warm-start from a run with the same modalities")
         dst, src = linears(binder.heads[m]), linears(heads[m])
         shapes = [tuple(x.weight.shape) for x in dst], [tuple(x.weight.shape) for x in src]
         if shapes[0] != shapes[1]:
-            raise ValueError(f"train.warm_start: run {run.root.name!r}'s {m} head has layers {shapes[1]}, this run's "
+            raise ManifestError(f"train.warm_start: run {run.root.name!r}'s {m} head has layers {shapes[1]}, this run's "
                              f"{shapes[0]}; use the same train.hidden / train.depth or another run")
         for d, s in zip(dst, src, strict=True):
             d.load_state_dict(s.state_dict())
