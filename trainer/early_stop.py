@@ -60,38 +60,54 @@ def carve(data: CachedData, fraction: float, seed: int) -> tuple[np.ndarray, Sto
     return data.train_idx[~in_slice], StopSlice(pairs, int(in_slice.sum()))
 
 
-def mean_reciprocal_rank(q: torch.Tensor, g: torch.Tensor) -> float:
-    """Mean ``1 / (rank + 1)`` of row i of ``g`` for query row i of ``q`` (cosine, unit rows)."""
+def reciprocal_ranks(q: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``1 / (rank + 1)`` of row i of ``g`` for query row i of ``q`` (cosine, unit rows)."""
     sims = q @ g.T
     ranks = (sims > sims.diagonal()[:, None]).sum(1)
-    return float((1.0 / (ranks.float() + 1)).mean())
+    return 1.0 / (ranks.double() + 1)
+
+
+def mean_reciprocal_rank(q: torch.Tensor, g: torch.Tensor) -> float:
+    """Mean ``1 / (rank + 1)`` of row i of ``g`` for query row i of ``q`` (cosine, unit rows)."""
+    return float(reciprocal_ranks(q, g).mean())
 
 
 @dataclass(frozen=True)
 class SliceScore:
-    """One scoring of the slice: the value early stopping compares, and each direction's MRR."""
+    """One scoring of the slice: the value early stopping compares, each direction's MRR, and each pair's
+    part of the value (the paired comparison with the start reads it)."""
 
     value: float  # the directions averaged per modality, then over the modalities weighted by pairs; NaN if empty
     directions: dict[str, float] = field(default_factory=dict)  # "m->anchor" / "anchor->m": that direction's MRR
+    per_pair: np.ndarray = field(default_factory=lambda: np.zeros(0))  # per slice pair: its two directions' mean RR
 
 
 @torch.no_grad()
 def score(binder: torch.nn.Module, data: CachedData, stop: StopSlice) -> SliceScore:
-    """The slice's retrieval score of ``binder`` with each direction's part (eval mode for the call)."""
+    """The slice's retrieval score of ``binder`` with each direction's and each pair's part (eval mode for
+    the call). The value is the mean of ``per_pair``: every truth pair counts once."""
     was_training = binder.training
     binder.eval()
-    values, weights, directions = [], [], {}
+    parts, directions = [], {}
     for m, (a, p) in stop.pairs.items():
         if len(a) < 2:
             continue
         anchor = F.normalize(data.vectors[data.anchor][a.to(data.device)].float(), dim=-1)
         proj = binder.project(m, data.vectors[m][p.to(data.device)].float())
-        to_anchor, from_anchor = mean_reciprocal_rank(proj, anchor), mean_reciprocal_rank(anchor, proj)
-        directions[f"{m}->{data.anchor}"], directions[f"{data.anchor}->{m}"] = to_anchor, from_anchor
-        values.append(0.5 * (to_anchor + from_anchor))
-        weights.append(len(a))
+        to_anchor, from_anchor = reciprocal_ranks(proj, anchor), reciprocal_ranks(anchor, proj)
+        directions[f"{m}->{data.anchor}"] = float(to_anchor.mean())
+        directions[f"{data.anchor}->{m}"] = float(from_anchor.mean())
+        parts.append((0.5 * (to_anchor + from_anchor)).cpu().numpy())
     binder.train(was_training)
-    return SliceScore(float(np.average(values, weights=weights)) if values else float("nan"), directions)
+    per_pair = np.concatenate(parts) if parts else np.zeros(0)
+    return SliceScore(float(per_pair.mean()) if len(per_pair) else float("nan"), directions, per_pair)
+
+
+def paired_gain(scored: np.ndarray, start: np.ndarray) -> tuple[float, float]:
+    """Mean per-pair gain of ``scored`` over ``start`` and its standard error (0 with fewer than 2 pairs)."""
+    diff = np.asarray(scored, dtype=np.float64) - np.asarray(start, dtype=np.float64)
+    se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
+    return float(diff.mean()) if len(diff) else 0.0, se
 
 
 @dataclass
@@ -100,16 +116,22 @@ class BestEpoch:
 
     Epochs are 0-based; epoch -1 is the heads before any training, scored by :meth:`start` when they
     are a fitted solution (``train.init = "ridge"`` or a warm start), so that training is kept only
-    where it beats its starting point on the slice.
+    where it beats its starting point on the slice, and by more than noise: the one-standard-error
+    rule (Hastie, Tibshirani & Friedman, ESL 7.10), with the simpler model the untrained start. A
+    trained epoch can replace the start only when its mean per-pair gain over the start exceeds
+    ``start_margin_se`` standard errors of that paired gain.
     """
 
     patience: int
+    start_margin_se: float = 0.0
     first: int = 0  # 0-based epoch the curve starts at (a resumed run's; -1 with the initial heads scored)
     curve: list[float] = field(default_factory=list)
     directions: dict[str, list[float]] = field(default_factory=dict)  # each direction's MRR per scored epoch
     best_epoch: int | None = None
     best_value: float = float("-inf")  # unrounded: the curve's entries are rounded for the report
     best_state: dict | None = None
+    start_pairs: list[float] | None = None  # the start's per-pair values (None: no start scored)
+    gains_se: list[float] = field(default_factory=list)  # per trained epoch: its paired gain over the start in SEs
 
     @property
     def last_scored(self) -> int | None:
@@ -119,6 +141,7 @@ class BestEpoch:
     def start(self, scored: SliceScore, binder: torch.nn.Module) -> None:
         """Score the initial heads as epoch -1 (reported as epoch 0)."""
         self.first = -1
+        self.start_pairs = [float(v) for v in scored.per_pair]
         self.update(-1, scored, binder)
 
     def update(self, epoch: int, scored: SliceScore, binder: torch.nn.Module) -> bool:
@@ -127,19 +150,30 @@ class BestEpoch:
         self.curve.append(round(value, 6))
         for direction, v in scored.directions.items():
             self.directions.setdefault(direction, []).append(round(v, 6))
-        if self.best_epoch is None or value > self.best_value:
+        if self.beats_start(epoch, scored) and (self.best_epoch is None or value > self.best_value):
             self.best_epoch, self.best_value = epoch, value
             self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in binder.state_dict().items()})
         return epoch - self.best_epoch >= self.patience
 
+    def beats_start(self, epoch: int, scored: SliceScore) -> bool:
+        """Whether epoch ``epoch`` may be kept over a scored start: by more than ``start_margin_se`` SEs."""
+        if epoch < 0 or self.start_pairs is None or len(scored.per_pair) != len(self.start_pairs):
+            return True
+        gain, se = paired_gain(scored.per_pair, np.array(self.start_pairs))
+        z = gain / se if se > 0 else (float("inf") if gain > 0 else 0.0)
+        self.gains_se.append(round(z, 3) if np.isfinite(z) else z)
+        return gain > 0 and z > self.start_margin_se
+
     def dump(self) -> dict:
         """The state a checkpoint keeps (plain values and tensors: ``torch.load(weights_only=True)`` reads it)."""
         return {"first": self.first, "curve": self.curve, "directions": self.directions, "best_epoch": self.best_epoch,
-                "best_value": self.best_value, "best_state": self.best_state}
+                "best_value": self.best_value, "best_state": self.best_state, "start_pairs": self.start_pairs,
+                "gains_se": self.gains_se}
 
     def load(self, state: dict) -> None:
         self.first, self.curve = int(state["first"]), list(state["curve"])
         self.directions = {k: list(v) for k, v in state.get("directions", {}).items()}
+        self.start_pairs, self.gains_se = state.get("start_pairs"), list(state.get("gains_se", []))
         self.best_epoch, self.best_value, self.best_state = state["best_epoch"], float(state["best_value"]), state["best_state"]
 
     def restore(self, binder: torch.nn.Module) -> None:
@@ -151,7 +185,8 @@ class BestEpoch:
                 "slice_rows": stop.rows, "slice_pairs": {m: len(a) for m, (a, _) in stop.pairs.items()},
                 "epoch_chosen": self.best_epoch + 1 if self.best_epoch is not None else None,
                 "first_epoch": self.first + 1, "curve": self.curve, "curve_by_direction": self.directions,
-                "patience": self.patience}
+                "patience": self.patience, **({"start_margin_se": self.start_margin_se, "gain_over_start_se": self.gains_se}
+                                              if self.start_pairs is not None else {})}
 
 
 def plot_curve(path: Path, report: dict, run: str) -> None:

@@ -391,7 +391,7 @@ def run(manifest: Manifest, stop_after_steps: int | None = None, pivot_only: boo
     if t.bridge:  # the loss state (a queue) stays the registered inner loss's
         tr.loss_fn = bridge.wrap_loss(tr.loss_fn, manifest, data, pivot_only)
     if stop is not None:
-        tr.stop, tr.best = stop, BestEpoch(t.patience)
+        tr.stop, tr.best = stop, BestEpoch(t.patience, t.start_margin_se)
     resumed_from = resume(tr)
     if tr.best is not None and tr.stop is not None and resumed_from == 0 and tr.init.kind != "random":
         tr.best.start(score(tr.binder, data, tr.stop), tr.binder)  # a fitted start is a candidate too
