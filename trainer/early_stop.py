@@ -7,8 +7,9 @@ truth-known pairs (a row whose partner is the anchor item's own sample, never an
 projected modality the mean reciprocal rank of each partner's own anchor among the slice's anchors,
 and the reverse, averaged over both directions, then over the modalities weighted by their pairs
 (every truth pair counts once: a modality with 4 slice pairs must not weigh as much as one with 50). The best epoch's weights are kept
-and exported (epoch 0, the initial heads, when they score best and were fitted: ``train.init = "ridge"``
-or a warm start); training stops after ``train.patience`` epochs without a better score. Each
+and exported (epoch 0, the initial heads, when they were fitted, ``train.init = "ridge"`` or a warm
+start, and no epoch beats them by more than ``train.start_margin_se`` standard errors, see
+:class:`BestEpoch`); training stops after ``train.patience`` epochs without a better score. Each
 direction's MRR is kept beside the curve (``curve_by_direction``), so a reader sees when the average
 hides one direction falling below the start.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,12 +118,15 @@ class BestEpoch:
 
     Epochs are 0-based; epoch -1 is the heads before any training, scored by :meth:`start` when they
     are a fitted solution (``train.init = "ridge"`` or a warm start), so that training is kept only
-    where it beats its starting point on the slice, and by more than noise: the one-standard-error
-    rule (Hastie, Tibshirani & Friedman, ESL 7.10), with the simpler model the untrained start. A
-    trained epoch can replace the start only when its mean per-pair gain over the start exceeds
-    ``start_margin_se`` standard errors of that paired gain.
+    where it beats its starting point on the slice, and by more than noise. The best epoch is the
+    one with the best value, as without a start; :meth:`settle` then compares it with the start pair
+    by pair and keeps the start unless the mean per-pair gain exceeds ``start_margin_se`` standard
+    errors of that paired gain: in the spirit of the one-standard-error rule (Hastie, Tibshirani &
+    Friedman, ESL 7.10) for two candidates, the untrained start being the simpler one. One test,
+    of the chosen epoch only, so the noise of the other epochs does not add chances to pass.
     """
 
+    FORMAT: typing.ClassVar[int] = 2  # of dump(); a checkpoint with another is not resumed (trainer.train.resume)
     patience: int
     start_margin_se: float = 0.0
     first: int = 0  # 0-based epoch the curve starts at (a resumed run's; -1 with the initial heads scored)
@@ -130,8 +135,11 @@ class BestEpoch:
     best_epoch: int | None = None
     best_value: float = float("-inf")  # unrounded: the curve's entries are rounded for the report
     best_state: dict | None = None
+    best_pairs: list[float] | None = None  # the best epoch's per-pair values
     start_pairs: list[float] | None = None  # the start's per-pair values (None: no start scored)
-    gains_se: list[float] = field(default_factory=list)  # per trained epoch: its paired gain over the start in SEs
+    start_value: float = float("nan")
+    start_state: dict | None = None
+    start_test: dict | None = None  # set by settle(): the chosen epoch against the start
 
     @property
     def last_scored(self) -> int | None:
@@ -141,8 +149,9 @@ class BestEpoch:
     def start(self, scored: SliceScore, binder: torch.nn.Module) -> None:
         """Score the initial heads as epoch -1 (reported as epoch 0)."""
         self.first = -1
-        self.start_pairs = [float(v) for v in scored.per_pair]
+        self.start_pairs, self.start_value = [float(v) for v in scored.per_pair], scored.value
         self.update(-1, scored, binder)
+        self.start_state = self.best_state
 
     def update(self, epoch: int, scored: SliceScore, binder: torch.nn.Module) -> bool:
         """Record epoch ``epoch``'s score; True when training should stop."""
@@ -150,33 +159,48 @@ class BestEpoch:
         self.curve.append(round(value, 6))
         for direction, v in scored.directions.items():
             self.directions.setdefault(direction, []).append(round(v, 6))
-        if self.beats_start(epoch, scored) and (self.best_epoch is None or value > self.best_value):
+        if self.best_epoch is None or value > self.best_value:
             self.best_epoch, self.best_value = epoch, value
             self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in binder.state_dict().items()})
+            self.best_pairs = [float(v) for v in scored.per_pair]
         return epoch - self.best_epoch >= self.patience
 
-    def beats_start(self, epoch: int, scored: SliceScore) -> bool:
-        """Whether epoch ``epoch`` may be kept over a scored start: by more than ``start_margin_se`` SEs."""
-        if epoch < 0 or self.start_pairs is None or len(scored.per_pair) != len(self.start_pairs):
-            return True
-        gain, se = paired_gain(scored.per_pair, np.array(self.start_pairs))
-        z = gain / se if se > 0 else (float("inf") if gain > 0 else 0.0)
-        self.gains_se.append(round(z, 3) if np.isfinite(z) else z)
-        return gain > 0 and z > self.start_margin_se
+    def settle(self) -> None:
+        """Keep the scored start unless the best trained epoch beats it by more than ``start_margin_se``
+        standard errors of the paired gain (once; nothing to do without a start)."""
+        if self.start_test is not None or self.start_pairs is None or self.best_epoch is None:
+            return
+        if self.best_epoch < 0:  # no trained epoch even scored higher
+            self.start_test = {"epoch_by_value": 0, "gain": 0.0, "se": 0.0, "margin_se": self.start_margin_se,
+                               "kept_start": True}
+            return
+        if self.best_pairs is None or len(self.best_pairs) != len(self.start_pairs):
+            raise RuntimeError(f"early stopping: the start was scored on {len(self.start_pairs)} slice pairs and epoch "
+                               f"{self.best_epoch + 1} on {len(self.best_pairs or [])}; the slice changed mid-run")
+        gain, se = paired_gain(np.array(self.best_pairs), np.array(self.start_pairs))
+        kept_start = not (gain > self.start_margin_se * se and gain > 0)
+        self.start_test = {"epoch_by_value": self.best_epoch + 1, "gain": round(gain, 6), "se": round(se, 6),
+                           "margin_se": self.start_margin_se, "kept_start": kept_start}
+        if kept_start:
+            self.best_epoch, self.best_value, self.best_state = -1, self.start_value, self.start_state
+            self.best_pairs = self.start_pairs
 
     def dump(self) -> dict:
         """The state a checkpoint keeps (plain values and tensors: ``torch.load(weights_only=True)`` reads it)."""
-        return {"first": self.first, "curve": self.curve, "directions": self.directions, "best_epoch": self.best_epoch,
-                "best_value": self.best_value, "best_state": self.best_state, "start_pairs": self.start_pairs,
-                "gains_se": self.gains_se}
+        return {"format": self.FORMAT, "first": self.first, "curve": self.curve, "directions": self.directions, "best_epoch": self.best_epoch,
+                "best_value": self.best_value, "best_state": self.best_state, "best_pairs": self.best_pairs,
+                "start_pairs": self.start_pairs, "start_value": self.start_value, "start_state": self.start_state}
 
     def load(self, state: dict) -> None:
         self.first, self.curve = int(state["first"]), list(state["curve"])
-        self.directions = {k: list(v) for k, v in state.get("directions", {}).items()}
-        self.start_pairs, self.gains_se = state.get("start_pairs"), list(state.get("gains_se", []))
+        self.directions = {k: list(v) for k, v in state["directions"].items()}
         self.best_epoch, self.best_value, self.best_state = state["best_epoch"], float(state["best_value"]), state["best_state"]
+        self.best_pairs, self.start_pairs = state["best_pairs"], state["start_pairs"]
+        self.start_value, self.start_state = float(state["start_value"]), state["start_state"]
 
     def restore(self, binder: torch.nn.Module) -> None:
+        """Settle the choice against the start and load the chosen epoch's weights into ``binder``."""
+        self.settle()
         if self.best_state is not None:
             binder.load_state_dict(self.best_state)
 
@@ -185,8 +209,7 @@ class BestEpoch:
                 "slice_rows": stop.rows, "slice_pairs": {m: len(a) for m, (a, _) in stop.pairs.items()},
                 "epoch_chosen": self.best_epoch + 1 if self.best_epoch is not None else None,
                 "first_epoch": self.first + 1, "curve": self.curve, "curve_by_direction": self.directions,
-                "patience": self.patience, **({"start_margin_se": self.start_margin_se, "gain_over_start_se": self.gains_se}
-                                              if self.start_pairs is not None else {})}
+                "patience": self.patience, **({"start_test": self.start_test} if self.start_test is not None else {})}
 
 
 def plot_curve(path: Path, report: dict, run: str) -> None:

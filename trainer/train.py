@@ -213,9 +213,13 @@ def resume(tr: Trainer) -> int:
     if state.get("fingerprint") != tr.fingerprint:
         log.info("checkpoint %s is from another config or data; training from scratch", last)
         return 0
+    best = torch.load(last / BEST_FILE, weights_only=True) if tr.best is not None and (last / BEST_FILE).is_file() else None
+    if best is not None and best.get("format") != BestEpoch.FORMAT:
+        log.info("checkpoint %s keeps early-stopping state of an older format; training from scratch", last)
+        return 0
     tr.accelerator.load_state(str(last))
-    if tr.best is not None and (last / BEST_FILE).is_file():
-        tr.best.load(torch.load(last / BEST_FILE, weights_only=True))
+    if best is not None:
+        tr.best.load(best)
     tr.finished = bool(state.get("finished"))
     log.info("resumed from %s (step %d of %d%s)", last, state["step"], tr.total, ", finished" if tr.finished else "")
     return state["step"]

@@ -180,7 +180,7 @@ class TrainConfig:
     export_ebind: bool = False  # also write runs/<run>/ebind-heads.safetensors in EBind's layout (projectors.<m>.net.<i>.*)
     early_stop_fraction: float = 0.1  # share of training-side keys held back to pick the best epoch; 0 = train every epoch, keep the last
     patience: int = 10  # epochs without a better validation score before training stops
-    start_margin_se: float = 1.0  # a trained epoch replaces a fitted start (train.init = "ridge", a warm start) only when its paired slice gain exceeds this many standard errors (the one-standard-error rule); 0 = any gain
+    start_margin_se: float = 1.0  # the epoch early stopping chose replaces a fitted start (train.init = "ridge", a warm start) only when its paired slice gain exceeds this many standard errors; 0 = any gain
     init: str = "random"  # random | ridge: start each head from the closed-form ridge map (λ by CV on the fitted rows), a candidate epoch 0
     warm_start: str = ""  # a finished run whose heads this run starts from instead of train.init (kept unless the validation slice improves); "" = none
     refit: bool = False  # after early stopping: train again on every training row (the slice too) for the epochs it kept, and export that

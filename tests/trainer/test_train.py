@@ -272,11 +272,12 @@ def test_two_process_training_matches_one_process_with_the_global_batch(planted,
 
 
 def test_two_process_ridge_start_and_refit_match_one_process(planted, tmp_path):
-    """The ridge start, the epoch-0 score, early stopping and the refit under torchrun (2 CPU ranks x 64
-    rows) choose the same epochs as 1 rank x 128 rows and export heads that agree closely."""
+    """The ridge start, the epoch-0 score, early stopping, the regression term and the refit under torchrun
+    (2 CPU ranks x 64 rows) choose the same epochs as 1 rank x 128 rows and export heads that agree closely
+    (the regression term is weighted like InfoNCE under DDP's gradient averaging)."""
     output, _ = planted
     opts = {"epochs": 3, "init": "ridge", "refit": True, "val_fraction": 0.25, "early_stop_fraction": 0.2,
-            "dropout": 0.0}
+            "dropout": 0.0, "regression_weight": 1.0, "start_margin_se": 0.0}
     ddp = two_ranks(output, tmp_path, batch_size=64, run="ddp-refit", **opts)
     single = train.run(make_manifest(output, batch_size=128, run="single-refit", **opts))
     assert ddp["world_size"] == 2 and ddp["refit"]["epochs"] == single["refit"]["epochs"]
@@ -469,6 +470,19 @@ def test_a_run_resumed_at_an_epochs_end_scores_that_epoch_first(planted):
     b = load_file(str(output / "runs/resumed/heads.safetensors"))
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_a_checkpoint_with_early_stopping_state_of_an_older_format_is_not_resumed(planted):
+    """An older bindery's checkpoint (same [train] section, early-stopping state without this format) trains
+    afresh instead of failing on the keys it lacks."""
+    output, _ = planted
+    opts = {"epochs": 3, "val_fraction": 0.25, "early_stop_fraction": 0.2, "init": "ridge"}
+    train.run(make_manifest(output, run="old", **opts), stop_after_steps=3)
+    (best_file,) = (output / "runs/old/checkpoints").glob("step_*/best_epoch.pt")
+    state = torch.load(best_file, weights_only=True)
+    torch.save({k: v for k, v in state.items() if k not in ("format", "best_pairs", "start_pairs")}, best_file)
+    again = train.run(make_manifest(output, run="old", **opts))
+    assert again["resumed_from_step"] == 0 and again["early_stopping"]["epoch_chosen"] is not None
 
 
 def test_a_warm_started_run_retrains_when_its_source_was_retrained(planted):

@@ -75,7 +75,8 @@ def gather_side(side: ModalityBatch, gather: Callable[[torch.Tensor], torch.Tens
     def mask(t: torch.Tensor | None) -> torch.Tensor | None:
         return None if t is None else gather(t.float()).bool()
     return ModalityBatch(gather(side.vectors), mask(side.mask), gather(side.weight.float()),
-                         None if side.bad is None else gather(side.bad), mask(side.bad_mask))
+                         None if side.bad is None else gather(side.bad), mask(side.bad_mask),
+                         None if side.raw is None else gather(side.raw))
 
 
 def same(t: torch.Tensor) -> torch.Tensor:
@@ -107,9 +108,6 @@ class BindLoss(nn.Module):
         for m in self.modalities:
             side = out.modalities[m]
             total = total + 0.0 * side.vectors.sum()  # keeps every head in the graph when m is absent (DDP)
-            if self.regression_weight and side.mask.any():  # per row: the local rows, before the gather
-                terms[f"regression_{m}"] = regression_term(out.anchor, side)
-                total = total + self.regression_weight * terms[f"regression_{m}"]
             side = gather_side(side, g)
             if not side.mask.any():
                 continue
@@ -124,6 +122,12 @@ class BindLoss(nn.Module):
         """The (anchor, ``m``) terms of a (gathered) batch, and their weighted sum; updates ``m``'s queue."""
         term = self.infonce(m, a, side, scale, local_rows)
         terms, total = {f"infonce_{m}": term}, term
+        if self.regression_weight:
+            # over the same rows as the InfoNCE queries (gathered, or local with local_loss), so that DDP's
+            # averaging scales both terms alike
+            rows = slice(None) if local_rows is None else local_rows
+            terms[f"regression_{m}"] = regression_term(a[rows], side.raw[rows], side.mask[rows], side.weight[rows])
+            total = total + self.regression_weight * terms[f"regression_{m}"]
         if self.cyclip_in or self.cyclip_cross:
             cols = torch.nonzero(side.mask, as_tuple=True)[0]
             c_in, c_cross = cyclip_terms(a[cols], side.vectors[cols])
