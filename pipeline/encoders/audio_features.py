@@ -2,8 +2,10 @@
 
 A DataLoader worker only decodes the clip's window to :class:`~pipeline.encoders.base.Pcm` at
 the source rate (soundfile / PyAV: the one step that must run on a CPU). :class:`PcmCollate`
-packs a batch of them, zero-padded, with their rates and windows; on the device,
-:func:`clip_waves` resamples each rate's rows as one batched op and cuts every clip to
+packs a batch of them end to end in one flat buffer, with their lengths, rates and windows (no
+padding: a batch mixing a 10 s 44.1 kHz clip with short ones would otherwise write and ship every
+row at the longest length, which cost the worker more than decoding); on the device,
+:func:`clip_waves` unpacks each rate's rows, resamples them as one batched op and cuts every clip to
 ``seconds`` at the encoder's rate. What each encoder then computes (log-mel, fbank, blocks)
 is batched torch too: :mod:`pipeline.encoders.aisfx`, :mod:`pipeline.encoders.whisper`,
 :mod:`pipeline.encoders.hf_audio`.
@@ -33,25 +35,31 @@ PCM_KEYS = ("pcm", "pcm_length", "pcm_rate", "pcm_keep", "pcm_cropped")
 @dataclass(frozen=True)
 class PcmCollate:
     """Picklable worker-side preprocessor: list of :class:`Pcm` (or float32 arrays taken as PCM at
-    ``rate``) -> {"pcm": (B, L) float32 zero-padded, "pcm_length", "pcm_rate", "pcm_keep" (B,) int64,
-    "pcm_cropped" (B,) bool}."""
+    ``rate``) -> {"pcm": (sum of lengths,) float32, the clips end to end, "pcm_length", "pcm_rate",
+    "pcm_keep" (B,) int64, "pcm_cropped" (B,) bool}; :func:`unpack` gives the padded rows back."""
 
     rate: int  # the rate of a plain array item (the encoder's)
 
     def __call__(self, items: list[Any]) -> Batch:
         pcms = [it if isinstance(it, Pcm) else Pcm(np.asarray(it, np.float32).reshape(-1), self.rate) for it in items]
-        lengths = [len(p.samples) for p in pcms]
-        # one NumPy buffer, each row written once (samples, then zeros past them): no zero fill of
-        # the whole batch first, no per-row torch indexing
-        out = np.empty((len(pcms), max(max(lengths), 1)), np.float32)
-        for row, p, n in zip(out, pcms, lengths, strict=True):
-            row[:n] = p.samples
-            row[n:] = 0.0
-        return {"pcm": torch.from_numpy(out),
-                "pcm_length": torch.tensor(lengths, dtype=torch.long),
+        flat = np.concatenate([p.samples for p in pcms]).astype(np.float32, copy=False) if pcms else np.zeros(0, np.float32)
+        return {"pcm": torch.from_numpy(flat),
+                "pcm_length": torch.tensor([len(p.samples) for p in pcms], dtype=torch.long),
                 "pcm_rate": torch.tensor([p.rate for p in pcms], dtype=torch.long),
                 "pcm_keep": torch.tensor([p.keep for p in pcms], dtype=torch.long),
                 "pcm_cropped": torch.tensor([p.cropped for p in pcms], dtype=torch.bool)}
+
+
+def unpack(batch: Batch, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """(len(rows), their longest length) float32: the ``rows`` (default all) of a :class:`PcmCollate`
+    batch, each zero-padded after its samples."""
+    lengths = batch["pcm_length"]
+    clips = torch.split(batch["pcm"].float(), lengths.tolist())
+    picked = [clips[i] for i in (range(len(clips)) if rows is None else rows.tolist())]
+    if not picked:
+        return batch["pcm"].new_zeros(0, 1).float()
+    return torch.nn.utils.rnn.pad_sequence(picked, batch_first=True) if max(len(c) for c in picked) else \
+        batch["pcm"].new_zeros(len(picked), 1).float()
 
 
 def lowpass_kernel(rate: int, target: int, device: torch.device) -> torch.Tensor:
@@ -96,12 +104,12 @@ def fit(y: torch.Tensor, start: torch.Tensor, length: torch.Tensor, n: int) -> t
 def clip_waves(batch: Batch, rate: int, seconds: float) -> torch.Tensor:
     """(B, round(seconds * rate)) mono float32 at ``rate``: each row's clip resampled, centre-cropped
     or zero-padded (centred), as the per-clip decoder produced it. Rows of one source rate go together."""
-    x, lengths, rates = batch["pcm"].float(), batch["pcm_length"], batch["pcm_rate"]
+    lengths, rates = batch["pcm_length"], batch["pcm_rate"]
     n = int(round(seconds * rate))
-    out = x.new_zeros(x.shape[0], n)
+    out = batch["pcm"].new_zeros(len(lengths), n).float()
     for source in sorted(set(rates.tolist())):
         rows = (rates == source).nonzero().squeeze(1)
-        y, got = resample(x[rows], lengths[rows], int(source), rate)
+        y, got = resample(unpack(batch, rows), lengths[rows], int(source), rate)
         keep = torch.round(batch["pcm_keep"][rows].double() * rate / source).long()
         cropped = batch["pcm_cropped"][rows]
         # a cropped recording: the clip is the n samples from `keep` (fewer if the window fell short)

@@ -19,7 +19,7 @@ import torch
 
 from pipeline.core.manifest import AudioConfig
 from pipeline.encoders import aisfx, audio_features, whisper
-from pipeline.encoders.audio_features import FILTER_TAPS, PcmCollate, clip_waves, resample
+from pipeline.encoders.audio_features import FILTER_TAPS, PcmCollate, clip_waves, resample, unpack
 from pipeline.encoders.base import Pcm
 from pipeline.encoders.hf_audio import device_extractor
 from pipeline.ingest.decode import decode_audio
@@ -72,7 +72,7 @@ def test_batched_resampling_matches_the_per_clip_resampler():
     for rate, target in ((8000, 16000), (22050, 16000), (48000, 44100), (44100, 16000), (16000, 16000)):
         clips = [rng.normal(size=n).astype(np.float32) for n in (rate // 3, rate, 1234)]
         batch = PcmCollate(rate)(clips)
-        y, lengths = resample(batch["pcm"], batch["pcm_length"], rate, target)
+        y, lengths = resample(unpack(batch), batch["pcm_length"], rate, target)
         for i, clip in enumerate(clips):
             ref = np_resample(clip.astype(np.float64), rate, target)
             assert int(lengths[i]) == len(ref)
@@ -217,3 +217,15 @@ def test_a_plain_array_is_pcm_at_the_encoders_rate():
     batch = PcmCollate(16000)([np.ones(100, np.float32), Pcm(np.ones(50, np.float32), 8000)])
     assert batch["pcm_rate"].tolist() == [16000, 8000] and batch["pcm_length"].tolist() == [100, 50]
     assert clip_waves(batch, 16000, 0.01).shape == (2, 160)
+
+
+def test_the_batch_holds_the_clips_end_to_end_and_unpacks_to_zero_padded_rows():
+    rng = np.random.default_rng(3)
+    clips = [rng.standard_normal(n).astype(np.float32) for n in (7, 0, 12, 3)]
+    batch = PcmCollate(16000)([Pcm(c, 16000) for c in clips])
+    assert batch["pcm"].shape == (22,)  # no padding travels
+    padded = np.zeros((4, 12), np.float32)
+    for i, c in enumerate(clips):
+        padded[i, :len(c)] = c
+    np.testing.assert_array_equal(unpack(batch).numpy(), padded)
+    np.testing.assert_array_equal(unpack(batch, torch.tensor([3, 0])).numpy(), padded[[3, 0], :7])
