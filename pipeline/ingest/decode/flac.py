@@ -9,8 +9,10 @@ The library is the libFLAC 1.4 that the ``pyflac`` wheel ships (``pyflac/librari
 found without importing pyflac), else a system ``libFLAC`` of version 1.4 or newer; without
 either, :func:`read_flac_window` returns None and the caller keeps the soundfile path. It also
 returns None for what it does not handle the same way (no total length in STREAMINFO), so the
-caller's path decides those. Everything libFLAC reports as an error (a lost sync, a bad CRC, a
-truncated stream, a failed seek) is a ``corrupt`` :class:`~pipeline.ingest.decode.base.DecodeError`.
+caller's path decides those, and for a window over :data:`MAX_SAMPLES_AT_ONCE` (read block by block
+there). Everything libFLAC reports as an error (a lost sync, a bad CRC, a truncated stream, a failed
+seek), and a frame whose channel count or bit depth is not the header's (its samples would be
+scaled wrongly), is a ``corrupt`` :class:`~pipeline.ingest.decode.base.DecodeError`.
 
 The decoder reads the bytes in memory through read/seek/tell/length/eof callbacks, seeks to the
 window's first frame (``FLAC__stream_decoder_seek_absolute`` trims the first frame to it) and
@@ -37,6 +39,7 @@ from pipeline.ingest.decode.base import DecodeError
 log = logging.getLogger(__name__)
 
 FLAC_MAGIC = b"fLaC"
+MAX_SAMPLES_AT_ONCE = 1 << 22  # frames x channels decoded in one buffer (16 MB int32); larger windows: soundfile
 P = C.c_void_p
 _READ = C.CFUNCTYPE(C.c_int, P, P, C.POINTER(C.c_size_t), P)
 _SEEK = C.CFUNCTYPE(C.c_int, P, C.c_uint64, P)
@@ -121,6 +124,7 @@ class _Session:
     info: dict[str, int] = field(default_factory=dict)
     out: np.ndarray | None = None  # (channels, frames) int32
     bases: list[int] = field(default_factory=list)  # each channel row's address in ``out``
+    bits: int = 0  # the header's bits per sample: every frame must have it (the scaling assumes it)
     need: int = 0
     filled: int = 0
     failed: str = ""
@@ -161,8 +165,8 @@ class _Session:
     def write(self, _d, frame, buffers, _c) -> int:
         try:  # the hot path: one call per frame (4,096 samples), so nothing here allocates much
             blocksize, channels = _u32(frame).value, _u32(frame + 8).value
-            if channels != len(self.bases):
-                self.failed = "a frame's channel count differs from the stream's"
+            if channels != len(self.bases) or _u32(frame + 16).value != self.bits:  # bits_per_sample @16
+                self.failed = "a frame's channel count or bit depth differs from the stream header's"
                 return WRITE_ABORT
             n = min(blocksize, self.need - self.filled)
             at = 4 * self.filled
@@ -184,12 +188,13 @@ class _Session:
 
 def read_flac_window(data: bytes, plan) -> tuple[np.ndarray, Any, int] | None:
     """``(mono float32, window, rate)`` of a FLAC file's planned window, or None when libFLAC 1.4 is not
-    there or the header gives no length (the caller's path decodes those). ``plan(total, rate, channels)``
+    there, the header gives no length or the window is over :data:`MAX_SAMPLES_AT_ONCE` (the caller's
+    path decodes those). ``plan(total, rate, channels)``
     is the caller's window planner (it raises for what is over its limits)."""
     lib = library()
     if lib is None or not data.startswith(FLAC_MAGIC):
         return None
-    s = _Session(data)
+    s = _Session(bytes(data))  # bytes: its buffer neither moves nor changes while libFLAC reads it
     callbacks = (_READ(s.read), _SEEK(s.seek), _TELL(s.tell), _LENGTH(s.length), _EOF(s.eof), _WRITE(s.write),
                  _METADATA(s.metadata), _ERROR(s.error))
     d = "FLAC__stream_decoder_"
@@ -206,10 +211,16 @@ def read_flac_window(data: bytes, plan) -> tuple[np.ndarray, Any, int] | None:
             return None  # a streamed FLAC without its length: the caller counts it first
         window = plan(int(s.info["total"]), int(s.info["rate"]), int(s.info["channels"]))
         s.need = window.stop - window.start
+        if s.need * s.info["channels"] > MAX_SAMPLES_AT_ONCE:
+            return None  # the caller's path reads a window this large block by block
         s.out = np.empty((s.info["channels"], s.need), np.int32)  # every frame of it is written, or this raises
-        s.bases = [s.out[ch].ctypes.data for ch in range(s.out.shape[0])]
-        if window.start and not getattr(lib, d + "seek_absolute")(dec, window.start):
-            raise DecodeError("corrupt", f"audio: FLAC seek to frame {window.start} failed")
+        s.bases, s.bits = [s.out[ch].ctypes.data for ch in range(s.out.shape[0])], int(s.info["bits"])
+        seeked = not window.start or getattr(lib, d + "seek_absolute")(dec, window.start)
+        # a seek whose first (trimmed) frame already fills the window ends in the write callback's
+        # abort, which libFLAC reports as a failed seek
+        if not seeked and (s.failed or s.filled < s.need):
+            raise DecodeError("corrupt", f"audio: FLAC seek to frame {window.start} failed"
+                                         f"{f' ({s.failed})' if s.failed else ''}")
         if s.filled < s.need and not s.failed:  # a seek may have filled a short window already
             getattr(lib, d + "process_until_end_of_stream")(dec)  # ends at the stream's end or a full window
         if s.failed or s.filled < s.need:

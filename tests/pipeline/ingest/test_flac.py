@@ -86,3 +86,24 @@ def test_not_flac_is_left_to_the_caller():
     buf = io.BytesIO()
     sf.write(buf, np.zeros(1000, np.float32), 16_000, format="WAV")
     assert flac.read_flac_window(buf.getvalue(), lambda t, r, c: plan_window(t, r, c, CFG, 16_000)) is None
+
+
+def test_a_window_filled_by_the_first_frame_after_the_seek_decodes():
+    """The seek's trimmed first frame fills a 0.1 s window: the write callback's stop is not a failed seek."""
+    data = flac_bytes(1, "PCM_16", 5.0, rate=16_000)
+    cfg = replace(CFG, seconds=0.1)
+    mono, window, _ = flac.read_flac_window(data, lambda t, r, c: plan_window(t, r, c, cfg, 16_000))
+    want, want_window = reference(data, cfg, 16_000)
+    assert window == want_window and window.start > 0
+    np.testing.assert_array_equal(mono, want)
+
+
+def test_frames_of_another_bit_depth_than_the_header_are_corrupt():
+    """A header claiming 24 bits over 16-bit frames would scale every sample 256 times too small."""
+    data = bytearray(flac_bytes(1, "PCM_16", 3.0))
+    fields = int.from_bytes(data[18:26], "big")  # rate (20 bits), channels - 1 (3), bits - 1 (5), total (36)
+    fields = (fields & ~(0x1F << 36)) | (23 << 36)  # bits - 1 := 23
+    data[18:26] = fields.to_bytes(8, "big")
+    with pytest.raises(DecodeError) as err:
+        decode_audio(bytes(data), "flac", CFG, 16_000)
+    assert err.value.status == "corrupt"
