@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from pipeline.core.split import key_fraction
 from trainer.data.rows import CachedData
+from trainer.eval.retrieval import ranks_of_truth
 
 log = logging.getLogger(__name__)
 
@@ -63,15 +64,8 @@ def carve(data: CachedData, fraction: float, seed: int) -> tuple[np.ndarray, Sto
 
 
 def reciprocal_ranks(q: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """``1 / (rank + 1)`` of row i of ``g`` for query row i of ``q`` (cosine, unit rows)."""
-    sims = q @ g.T
-    ranks = (sims > sims.diagonal()[:, None]).sum(1)
-    return 1.0 / (ranks.double() + 1)
-
-
-def mean_reciprocal_rank(q: torch.Tensor, g: torch.Tensor) -> float:
-    """Mean ``1 / (rank + 1)`` of row i of ``g`` for query row i of ``q`` (cosine, unit rows)."""
-    return float(reciprocal_ranks(q, g).mean())
+    """``1 / (rank + 1)`` of row i of ``g`` for query row i of ``q`` (cosine, unit rows; the eval's ranking)."""
+    return 1.0 / (ranks_of_truth(q, g, torch.arange(len(g), device=g.device)).double() + 1)
 
 
 @dataclass(frozen=True)

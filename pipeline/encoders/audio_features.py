@@ -42,6 +42,7 @@ class PcmCollate:
 
     def __call__(self, items: list[Any]) -> Batch:
         pcms = [it if isinstance(it, Pcm) else Pcm(np.asarray(it, np.float32).reshape(-1), self.rate) for it in items]
+        # float32 whatever a Pcm's samples hold (the old padded buffer was float32 too)
         flat = np.concatenate([p.samples for p in pcms]).astype(np.float32, copy=False) if pcms else np.zeros(0, np.float32)
         return {"pcm": torch.from_numpy(flat),
                 "pcm_length": torch.tensor([len(p.samples) for p in pcms], dtype=torch.long),

@@ -104,7 +104,7 @@ def test_early_stopping_exports_the_best_epoch_of_a_training_side_slice(planted)
 
     from pipeline.core.heads_file import load_heads
     from trainer.data.rows import load
-    from trainer.early_stop import carve, mean_reciprocal_rank
+    from trainer.early_stop import carve, reciprocal_ranks
 
     output, _ = planted
     manifest = make_manifest(output, epochs=8, val_fraction=0.25, early_stop_fraction=0.2, patience=3)
@@ -122,7 +122,7 @@ def test_early_stopping_exports_the_best_epoch_of_a_training_side_slice(planted)
     for m, (a, p) in slice_.pairs.items():
         anchor = torch.nn.functional.normalize(data.vectors["text"][a].float(), dim=-1)
         proj = torch.nn.functional.normalize(heads[m](data.vectors[m][p].float()), dim=-1)
-        to_text, from_text = mean_reciprocal_rank(proj, anchor), mean_reciprocal_rank(anchor, proj)
+        to_text, from_text = float(reciprocal_ranks(proj, anchor).mean()), float(reciprocal_ranks(anchor, proj).mean())
         assert stop["curve_by_direction"][f"{m}->text"][best] == pytest.approx(to_text, abs=1e-5)
         assert stop["curve_by_direction"][f"text->{m}"][best] == pytest.approx(from_text, abs=1e-5)
         values.append(0.5 * (to_text + from_text))

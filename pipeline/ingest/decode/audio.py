@@ -24,7 +24,7 @@ import numpy as np
 
 from pipeline.encoders.base import Pcm
 from pipeline.ingest.decode.base import DecodeError
-from pipeline.ingest.decode.flac import FLAC_MAGIC, read_flac_window
+from pipeline.ingest.decode.flac import read_flac_window
 
 MAX_WINDOW_SAMPLES = 1 << 25  # frames x channels decoded for one clip at the source rate (128 MB as float32)
 BLOCK_FRAMES = 1 << 16  # frames per soundfile read
@@ -161,10 +161,9 @@ def _read_window(data: bytes, cfg: Any, target: int) -> tuple[np.ndarray, Window
     else PyAV."""
     f = None
     try:
-        if data.startswith(FLAC_MAGIC):
-            native = read_flac_window(data, lambda total, rate, channels: plan_window(total, rate, channels, cfg, target))
-            if native is not None:
-                return native
+        native = read_flac_window(data, lambda total, rate, channels: plan_window(total, rate, channels, cfg, target))
+        if native is not None:  # None: not FLAC, or not a FLAC the libFLAC path takes
+            return native
         f = _soundfile(data)
         return _soundfile_window(f, cfg, target) if f is not None else _pyav_window(data, cfg, target)
     except DecodeError:
