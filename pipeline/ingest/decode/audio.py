@@ -165,7 +165,7 @@ def _read_window(data: bytes, cfg: Any, target: int) -> tuple[np.ndarray, Window
         if native is not None:  # None: not FLAC, or not a FLAC the libFLAC path takes
             return native
         f = _soundfile(data)
-        return _soundfile_window(f, cfg, target) if f is not None else _pyav_window(data, cfg, target)
+        mono, window, rate = _soundfile_window(f, cfg, target) if f is not None else _pyav_window(data, cfg, target)
     except DecodeError:
         raise
     except Exception as exc:
@@ -173,6 +173,9 @@ def _read_window(data: bytes, cfg: Any, target: int) -> tuple[np.ndarray, Window
     finally:
         if f is not None:
             f.close()
+    if not np.isfinite(mono).all():  # float sources only: PCM from libFLAC's integers is finite by construction
+        raise DecodeError("corrupt", "audio: non-finite samples")
+    return mono, window, rate
 
 
 def decode_audio(data: bytes, ext: str, cfg: Any, sample_rate: int) -> Pcm:
@@ -182,6 +185,4 @@ def decode_audio(data: bytes, ext: str, cfg: Any, sample_rate: int) -> Pcm:
     mono, window, rate = _read_window(data, cfg, sample_rate)
     if mono.size == 0:
         raise DecodeError("corrupt", "audio: no samples")
-    if not np.isfinite(mono).all():
-        raise DecodeError("corrupt", "audio: non-finite samples")
     return Pcm(np.ascontiguousarray(mono, dtype=np.float32), int(rate), window.keep, window.cropped)

@@ -232,8 +232,22 @@ def read_flac_window(data: bytes, plan) -> tuple[np.ndarray, Any, int] | None:
 
 
 def _to_mono(pcm: np.ndarray, bits: int) -> np.ndarray:
-    """float32 PCM scaled by ``2^-(bits - 1)`` (exact), channels averaged in float64 as the soundfile path does."""
-    scale = np.float32(2.0 ** -(bits - 1))
-    if pcm.shape[0] == 1:  # one pass: cast and scale into the output (the same float32 values)
-        return np.multiply(pcm[0], scale, dtype=np.float32, casting="unsafe")
-    return np.multiply(pcm.T, scale, dtype=np.float32, casting="unsafe").mean(axis=1, dtype=np.float64).astype(np.float32)
+    """float32 PCM scaled by ``2^-(bits - 1)``, channels averaged: the same values as the soundfile path's
+    (each sample to float32, then the mean in float64, then float32), computed from the integers.
+
+    Why it is the same: for ``bits <= 24`` each scaled sample is exact in float32 and the channels'
+    sum is exact in int32 (at most 8 channels of 24 bits), so the float64 mean is one correctly rounded
+    division of that exact sum by ``channels * 2^(bits - 1)``, done here directly (half the work of
+    the strided float64 mean). When ``channels`` is a power of two and the sum fits float32's 24-bit
+    significand, that quotient is exact, so float32 arithmetic gives it too (a quarter of the work).
+    Deeper samples keep the soundfile path's own arithmetic."""
+    channels, scale = pcm.shape[0], 2.0 ** -(bits - 1)
+    if channels == 1:  # one pass: cast and scale into the output (the same float32 values)
+        return np.multiply(pcm[0], np.float32(scale), dtype=np.float32, casting="unsafe")
+    if bits > 24:
+        return np.multiply(pcm.T, np.float32(scale), dtype=np.float32, casting="unsafe").mean(
+            axis=1, dtype=np.float64).astype(np.float32)
+    total, divisor = pcm.sum(axis=0, dtype=np.int32), channels / scale
+    if channels & (channels - 1) == 0 and bits + channels.bit_length() - 1 <= 24:
+        return np.divide(total, np.float32(divisor), dtype=np.float32)
+    return np.divide(total, divisor).astype(np.float32)

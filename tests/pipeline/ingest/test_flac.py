@@ -50,6 +50,22 @@ def test_the_window_equals_libsndfiles_decode(channels, subtype, seconds):
     np.testing.assert_array_equal(mono, want)
 
 
+@pytest.mark.parametrize("bits", [8, 12, 16, 20, 24, 32])
+@pytest.mark.parametrize("channels", [1, 2, 3, 4, 5, 6, 7, 8])
+def test_the_mix_down_equals_the_float64_mean_of_float32_samples(bits, channels):
+    """Every branch of the integer mix-down against the soundfile path's arithmetic, written here:
+    each sample to float32, the mean over channels in float64, then float32; full-scale extremes
+    included (the sums that would overflow a narrower integer or float32's significand)."""
+    rng = np.random.default_rng(bits * 10 + channels)
+    low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    pcm = rng.integers(low, high, (channels, 4096), endpoint=True, dtype=np.int64).astype(np.int32)
+    pcm[:, :3] = [low, high, 1]  # all channels at the negative and positive extremes, and at one step
+    want = (pcm.T.astype(np.float32) * np.float32(2.0 ** -(bits - 1))).mean(axis=1, dtype=np.float64)
+    got = flac._to_mono(pcm, bits)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, want.astype(np.float32))
+
+
 def test_decode_audio_gives_the_same_pcm_without_the_library(monkeypatch):
     data = flac_bytes(2, "PCM_16", 5.0)
     native = decode_audio(data, "flac", CFG, 16_000)
