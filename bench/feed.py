@@ -41,6 +41,7 @@ import torch
 
 from bench import feed_inputs
 from bench import precompute_data as data
+from bench.run import cpu_model
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +230,7 @@ def measure(small: bool, device: str, cores: int = 16) -> dict[str, Any]:
                        ("cpu" if device == "auto" else device))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one intra-op thread: what a DataLoader worker gets
-    results: dict[str, Any] = {"device": str(dev), "cores": cores}
+    results: dict[str, Any] = {"device": str(dev), "cores": cores, "cpu": cpu_model()}
     try:
         with tempfile.TemporaryDirectory(prefix="bench-feed-") as tmp:
             root, models = Path(tmp), {}

@@ -38,6 +38,18 @@ def device_name(device: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")
 
 
+def cpu_model() -> str:
+    """The host CPU's model name (``/proc/cpuinfo``; else ``platform.processor()``): CPU figures vary
+    from one machine to the next, so each report names the one it came from."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def flatten(prefix: str, value: Any) -> list[tuple[str, Any]]:
     if isinstance(value, dict):
         rows = []
@@ -71,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"--only: unknown section(s) {sorted(unknown)}; use {', '.join(SECTIONS)}")
     results: dict[str, Any] = {}
+    load_before = [round(x, 2) for x in os.getloadavg()]
     for section in sections:
         log.info("running bench.%s (small=%s, device=%s)", section, args.small, device)
         start = time.perf_counter()
@@ -82,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     name = device_name(device)
     report = {
         "device": name, "small": args.small, "command": " ".join(["python -m bench.run", *(argv or sys.argv[1:])]),
-        "torch": torch.__version__, "python": platform.python_version(),
+        "torch": torch.__version__, "python": platform.python_version(), "cpu": cpu_model(),
+        "loadavg_before": load_before, "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "results": results,
     }
     out = Path(args.out)
@@ -92,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = flatten("", results)
     width = max(len(k) for k, _ in rows)
-    sys.stdout.write(f"device: {name}   small: {args.small}\n")
+    sys.stdout.write(f"device: {name} ({report['cpu']})   small: {args.small}   "
+                     f"1-min load {load_before[0]} -> {report['loadavg_after'][0]}\n")
     for key, value in rows:
         sys.stdout.write(f"{key:<{width}}  {fmt(value)}\n")
     sys.stdout.write(f"written: {path}\n")
