@@ -230,7 +230,7 @@ def measure(small: bool, device: str, cores: int = 16) -> dict[str, Any]:
                        ("cpu" if device == "auto" else device))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one intra-op thread: what a DataLoader worker gets
-    results: dict[str, Any] = {"device": str(dev), "cores": cores, "cpu": cpu_model()}
+    results: dict[str, Any] = {"device": str(dev), "cores": cores}
     try:
         with tempfile.TemporaryDirectory(prefix="bench-feed-") as tmp:
             root, models = Path(tmp), {}
@@ -271,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     res = measure(args.small, args.device, args.cores)
+    res["cpu"] = cpu_model()  # bench.run names the CPU in its own report; a standalone run names it here
     print(table(res))
     print(json.dumps(res, indent=2))
     return 0
